@@ -1,0 +1,1 @@
+"""Hearth: a self-hosted, E2B-compatible sandbox server."""
