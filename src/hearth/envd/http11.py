@@ -16,12 +16,27 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
 REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
-    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
-    411: "Length Required", 413: "Payload Too Large", 416: "Range Not Satisfiable",
-    429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    206: "Partial Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    416: "Range Not Satisfiable",
+    429: "Too Many Requests",
+    499: "Client Closed Request",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
     507: "Insufficient Storage",
 }
 

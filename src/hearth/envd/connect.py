@@ -1,0 +1,175 @@
+"""The Connect protocol over http11: unary and streaming calls, JSON and binary codecs.
+
+Handlers work on proto-JSON dicts (see rpc.py). JSON requests are parsed with the
+standard library; binary protobuf requests go through binary_codec, imported only when
+such a request arrives, so that envd's start does not pay for protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Callable, Iterator
+
+from hearth.envd.context import Context
+from hearth.envd.errors import CONNECT_STATUS, RpcError
+from hearth.envd.http11 import BadRequest, Body, Request, Response
+from hearth.envd.rpc import Method
+
+FLAG_END_STREAM = 0x02
+FLAG_COMPRESSED = 0x01
+MAX_MESSAGE_BYTES = 64 << 20
+# Fields whose values are maps with user-chosen keys: their keys are never re-cased.
+MAP_FIELDS = frozenset({"envs", "metadata"})
+_SNAKE = re.compile(r"_([a-z0-9])")
+
+
+def camel_keys(value: object) -> object:
+    """Fold snake_case message keys to lowerCamelCase (proto-JSON accepts both)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            name = _SNAKE.sub(lambda m: m.group(1).upper(), key) if "_" in key else key
+            out[name] = item if name in MAP_FIELDS else camel_keys(item)
+        return out
+    if isinstance(value, list):
+        return [camel_keys(item) for item in value]
+    return value
+
+
+class Codec:
+    """Turns wire bytes into handler dicts and back, for one content type family."""
+
+    def __init__(self, binary: bool, method: Method) -> None:
+        self.binary = binary
+        self.method = method
+
+    def decode(self, data: bytes) -> dict:
+        if self.binary:
+            from hearth.envd import binary_codec
+
+            return binary_codec.decode(self.method.request_type, data)
+        if not data.strip():
+            return {}
+        try:
+            parsed = json.loads(data)
+        except ValueError as e:
+            raise RpcError("invalid_argument", f"invalid JSON request: {e}") from e
+        if not isinstance(parsed, dict):
+            raise RpcError("invalid_argument", "request must be a JSON object")
+        return camel_keys(parsed)
+
+    def encode(self, message: dict) -> bytes:
+        if self.binary:
+            from hearth.envd import binary_codec
+
+            return binary_codec.encode(self.method.response_type, message)
+        return json.dumps(message, separators=(",", ":")).encode()
+
+
+def envelope(flags: int, payload: bytes) -> bytes:
+    return struct.pack(">BI", flags, len(payload)) + payload
+
+
+def read_envelopes(body: Body) -> Iterator[tuple[int, bytes]]:
+    """The enveloped messages of a streaming request body, as they arrive."""
+    buf = bytearray()
+    for piece in body:
+        buf += piece
+        while len(buf) >= 5:
+            flags, size = struct.unpack(">BI", buf[:5])
+            if size > MAX_MESSAGE_BYTES:
+                raise RpcError("resource_exhausted", "message too large")
+            if len(buf) < 5 + size:
+                break
+            payload = bytes(buf[5 : 5 + size])
+            del buf[: 5 + size]
+            if flags & FLAG_COMPRESSED:
+                raise RpcError("internal", "compressed messages are not supported")
+            yield flags, payload
+    if buf:
+        raise RpcError("invalid_argument", "truncated message envelope")
+
+
+def end_stream(error: RpcError | None) -> bytes:
+    payload = {} if error is None else {"error": {"code": error.code, "message": error.message}}
+    return envelope(FLAG_END_STREAM, json.dumps(payload).encode())
+
+
+def unary_error(error: RpcError) -> Response:
+    body = json.dumps({"code": error.code, "message": error.message, "details": []}).encode()
+    status = CONNECT_STATUS.get(error.code, 500)
+    return Response(status, [("Content-Type", "application/json")], body)
+
+
+def handle(request: Request, method: Method, make_context: Callable[[], Context]) -> Response:
+    """Serve one Connect call of `method`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    streaming = method.kind != "unary"
+    expected = (
+        ("application/connect+json", "application/connect+proto")
+        if streaming
+        else (
+            "application/json",
+            "application/proto",
+        )
+    )
+    if content_type not in expected:
+        request.body.drain()
+        return Response(
+            415,
+            [("Accept-Post", ", ".join(expected)), ("Content-Type", "text/plain")],
+            f"unsupported content type '{content_type}'".encode(),
+        )
+    codec = Codec(content_type.endswith("proto"), method)
+    if not streaming:
+        return _unary(request, method, codec, make_context)
+    return _stream(request, method, codec, make_context, content_type)
+
+
+def _unary(request: Request, method: Method, codec: Codec, make_context) -> Response:
+    try:
+        message = codec.decode(request.body.read())
+        reply = method.handler(make_context(), message)
+        return Response(
+            200, [("Content-Type", request.headers["content-type"])], codec.encode(reply)
+        )
+    except RpcError as e:
+        return unary_error(e)
+    except BadRequest:
+        raise
+    except Exception as e:  # a handler bug must not kill the connection thread
+        return unary_error(RpcError("internal", f"{type(e).__name__}: {e}"))
+
+
+def _stream(request, method, codec, make_context, content_type) -> Response:
+    def frames() -> Iterator[bytes]:
+        events = None
+        try:
+            ctx = make_context()
+            if method.kind == "server_stream":
+                first = next(read_envelopes(request.body), None)
+                request.body.drain()
+                if first is None:
+                    raise RpcError("invalid_argument", "missing request message")
+                events = method.handler(ctx, codec.decode(first[1]))
+                for event in events:
+                    yield envelope(0, codec.encode(event))
+            else:
+                inputs = (codec.decode(p) for f, p in read_envelopes(request.body) if not f & 2)
+                yield envelope(0, codec.encode(method.handler(ctx, inputs)))
+            yield end_stream(None)
+        except RpcError as e:
+            yield end_stream(e)
+        except BadRequest as e:
+            yield end_stream(RpcError("invalid_argument", str(e)))
+        except GeneratorExit:
+            raise
+        except Exception as e:
+            yield end_stream(RpcError("internal", f"{type(e).__name__}: {e}"))
+        finally:
+            if events is not None and hasattr(events, "close"):
+                events.close()
+
+    return Response(200, [("Content-Type", content_type)], frames())
