@@ -144,32 +144,37 @@ def _unary(request: Request, method: Method, codec: Codec, make_context) -> Resp
 
 
 def _stream(request, method, codec, make_context, content_type) -> Response:
+    """A streaming call. The request is read in full before any response byte is sent:
+    some clients stop sending their body once response headers arrive."""
+    headers = [("Content-Type", content_type)]
+    try:
+        ctx = make_context()
+        if method.kind == "client_stream":
+            inputs = (codec.decode(p) for f, p in read_envelopes(request.body) if not f & 2)
+            reply = envelope(0, codec.encode(method.handler(ctx, inputs)))
+            return Response(200, headers, reply + end_stream(None))
+        first = next(read_envelopes(request.body), None)
+        request.body.drain()
+        if first is None:
+            raise RpcError("invalid_argument", "missing request message")
+        events = method.handler(ctx, codec.decode(first[1]))
+    except RpcError as e:
+        return Response(200, headers, end_stream(e))
+    except BadRequest as e:
+        return Response(200, headers, end_stream(RpcError("invalid_argument", str(e))))
+
     def frames() -> Iterator[bytes]:
-        events = None
         try:
-            ctx = make_context()
-            if method.kind == "server_stream":
-                first = next(read_envelopes(request.body), None)
-                request.body.drain()
-                if first is None:
-                    raise RpcError("invalid_argument", "missing request message")
-                events = method.handler(ctx, codec.decode(first[1]))
-                for event in events:
-                    yield envelope(0, codec.encode(event))
-            else:
-                inputs = (codec.decode(p) for f, p in read_envelopes(request.body) if not f & 2)
-                yield envelope(0, codec.encode(method.handler(ctx, inputs)))
+            for event in events:
+                yield envelope(0, codec.encode(event))
             yield end_stream(None)
         except RpcError as e:
             yield end_stream(e)
-        except BadRequest as e:
-            yield end_stream(RpcError("invalid_argument", str(e)))
-        except GeneratorExit:
-            raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a handler bug ends the stream, not envd
             yield end_stream(RpcError("internal", f"{type(e).__name__}: {e}"))
         finally:
-            if events is not None and hasattr(events, "close"):
-                events.close()
+            close = getattr(events, "close", None)
+            if close:
+                close()
 
-    return Response(200, [("Content-Type", content_type)], frames())
+    return Response(200, headers, frames())
