@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything Hearth needs on a Debian machine, idempotently: system packages,
+# uv, and the project's locked Python environment. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# The machine may already carry Node.js from elsewhere; Debian's is only a fallback.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null; then
+  echo "setup: installing uv" >&2
+  python3 -m pip install -q uv 2>/dev/null || python3 -m pip install -q --break-system-packages uv
+fi
+uv sync -q --frozen --all-groups
