@@ -309,7 +309,7 @@ def _spawn(ctx: Context, req: dict) -> Process:
                     stdout=slave,
                     stderr=slave,
                     start_new_session=True,
-                    preexec_fn=_take_controlling_tty,
+                    preexec_fn=_controlling_tty(),
                     **ids,
                 )
             finally:
@@ -333,11 +333,15 @@ def _spawn(ctx: Context, req: dict) -> Process:
     return Process(popen, config, req.get("tag"), pty_fd)
 
 
-def _take_controlling_tty() -> None:
+def _controlling_tty():
+    """What the child runs before exec to make the PTY its controlling terminal, so
+    that job control and Ctrl-C work. Bound here, in the parent: the child of a threaded
+    process must not import anything."""
     import fcntl
+    import functools
     import termios
 
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    return functools.partial(fcntl.ioctl, 0, termios.TIOCSCTTY, 0)
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
