@@ -101,12 +101,17 @@ class Connection:
 class Body:
     """The request body, read incrementally; de-chunks Transfer-Encoding: chunked."""
 
-    def __init__(self, conn: Connection, length: int | None, chunked: bool) -> None:
+    def __init__(
+        self, conn: Connection, length: int | None, chunked: bool, expect_continue: bool = False
+    ) -> None:
         self.conn = conn
         self.remaining = length or 0
         self.chunked = chunked
         self.chunk_left = 0
         self.done = not chunked and not self.remaining
+        # A client that sent `Expect: 100-continue` waits for this before its body;
+        # it is sent only when the handler reads, so a rejection costs no upload.
+        self.expect_continue = expect_continue and not self.done
 
     def read(self, n: int = -1) -> bytes:
         """Up to n bytes (all when n < 0); b"" at the end."""
@@ -114,6 +119,9 @@ class Body:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
         if self.done:
             return b""
+        if self.expect_continue:
+            self.expect_continue = False
+            self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not self.chunked:
             data = self.conn.read_some(min(n, self.remaining))
             if not data:
@@ -147,6 +155,10 @@ class Body:
         return iter(lambda: self.read(256 * 1024), b"")
 
     def drain(self) -> None:
+        if self.expect_continue:
+            # The client may still send the body it was not asked for: the connection
+            # cannot be reused, so the caller closes it.
+            raise BadRequest("request body left unread")
         for _ in self:
             pass
 
@@ -219,7 +231,7 @@ def read_request(conn: Connection) -> Request | None:
         path=unquote(split.path),
         query=parse_qs(split.query, keep_blank_values=True),
         headers=headers,
-        body=Body(conn, length, chunked),
+        body=Body(conn, length, chunked, "100-continue" in headers.get("expect", "").lower()),
         raw_headers=raw,
     )
 
@@ -230,7 +242,11 @@ def write_response(conn: Connection, resp: Response, head_only: bool = False) ->
     names = {k.lower() for k, _ in resp.headers}
     headers = list(resp.headers)
     streamed = not isinstance(resp.body, bytes | bytearray)
-    if streamed:
+    # A body that is a range of an open file goes out with sendfile(2), unchunked.
+    sendfile = streamed and getattr(resp.body, "length", None) is not None
+    if sendfile:
+        headers.append(("Content-Length", str(resp.body.length)))
+    elif streamed:
         headers.append(("Transfer-Encoding", "chunked"))
     elif "content-length" not in names and resp.status not in (204, 304):
         headers.append(("Content-Length", str(len(resp.body))))
@@ -240,6 +256,10 @@ def write_response(conn: Connection, resp: Response, head_only: bool = False) ->
             conn.send(head.encode("latin-1") + (b"" if head_only else bytes(resp.body)))
             return
         conn.send(head.encode("latin-1"))
+        if sendfile:
+            if not head_only and resp.body.length:
+                conn.sock.sendfile(resp.body.file, resp.body.offset, resp.body.length)
+            return
         for piece in resp.body:
             if piece:
                 conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
