@@ -74,8 +74,15 @@ class DirWatcher:
     it). `read_events()` turns what is pending into FilesystemEvent dicts."""
 
     def __init__(self, root: str, recursive: bool, include_entry: bool) -> None:
+        import inotify_simple
         from inotify_simple import INotify
 
+        if inotify_simple._libc is None:
+            # Its own lookup runs ldconfig, which a sandbox's root may not have;
+            # the interpreter has libc loaded already.
+            import ctypes
+
+            inotify_simple._libc = ctypes.CDLL("libc.so.6", use_errno=True)
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
