@@ -49,7 +49,8 @@ LOADER = "ld-linux-x86-64.so.2"
 
 # The parts of hearth that run inside the sandbox, and what envd needs from PyPI.
 HEARTH_PARTS = ("envd", "_proto")
-ENVD_DISTRIBUTIONS = ("inotify_simple",)
+# protobuf-py serves only the binary codec, which envd imports on the first binary request.
+ENVD_DISTRIBUTIONS = ("inotify_simple", "protobuf-py", "protobuf-py-ext", "typing_extensions")
 
 # Standard-library directories that no daemon imports: tests, GUIs, installers, build
 # tooling (distutils), docs data. Matched by name at any depth (`test`, `tests`).
@@ -219,7 +220,8 @@ def _build(root: Path, sources: dict[str, Path]) -> None:
         shutil.copy2(path, target)
     progress("envd bundle: collecting shared libraries (ldd)")
     extensions = sorted((stdlib / "lib-dynload").glob("*.so"))
-    _copy_libraries([root / "bin" / PYTHON, *extensions], root / "lib")
+    packaged = sorted(site.rglob("*.so"))  # extension modules of envd's dependencies
+    _copy_libraries([root / "bin" / PYTHON, *extensions, *packaged], root / "lib")
     _strip_debug_info([*(root / "lib").glob("libpython*"), *extensions])
     progress("envd bundle: precompiling the standard library and envd")
     for tree in (stdlib, site):
