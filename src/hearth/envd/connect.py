@@ -72,8 +72,18 @@ def envelope(flags: int, payload: bytes) -> bytes:
     return struct.pack(">BI", flags, len(payload)) + payload
 
 
-def read_envelopes(body: Body) -> Iterator[tuple[int, bytes]]:
-    """The enveloped messages of a streaming request body, as they arrive."""
+def _gunzip(data: bytes) -> bytes:
+    import gzip
+
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise RpcError("invalid_argument", f"invalid gzip message: {e}") from e
+
+
+def read_envelopes(body: Body, encoding: str = "identity") -> Iterator[tuple[int, bytes]]:
+    """The enveloped messages of a streaming request body, as they arrive; compressed
+    ones (flag 0x01) are inflated per `Connect-Content-Encoding`."""
     buf = bytearray()
     for piece in body:
         buf += piece
@@ -86,7 +96,9 @@ def read_envelopes(body: Body) -> Iterator[tuple[int, bytes]]:
             payload = bytes(buf[5 : 5 + size])
             del buf[: 5 + size]
             if flags & FLAG_COMPRESSED:
-                raise RpcError("internal", "compressed messages are not supported")
+                if encoding != "gzip":
+                    raise RpcError("internal", f"unsupported message encoding '{encoding}'")
+                payload = _gunzip(payload)
             yield flags, payload
     if buf:
         raise RpcError("invalid_argument", "truncated message envelope")
@@ -130,7 +142,13 @@ def handle(request: Request, method: Method, make_context: Callable[[], Context]
 
 def _unary(request: Request, method: Method, codec: Codec, make_context) -> Response:
     try:
-        message = codec.decode(request.body.read())
+        data = request.body.read()
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            data = _gunzip(data)
+        elif encoding != "identity":
+            raise RpcError("unimplemented", f"unsupported content encoding '{encoding}'")
+        message = codec.decode(data)
         reply = method.handler(make_context(), message)
         return Response(
             200, [("Content-Type", request.headers["content-type"])], codec.encode(reply)
@@ -147,13 +165,16 @@ def _stream(request, method, codec, make_context, content_type) -> Response:
     """A streaming call. The request is read in full before any response byte is sent:
     some clients stop sending their body once response headers arrive."""
     headers = [("Content-Type", content_type)]
+    encoding = request.headers.get("connect-content-encoding", "identity").strip().lower()
     try:
         ctx = make_context()
         if method.kind == "client_stream":
-            inputs = (codec.decode(p) for f, p in read_envelopes(request.body) if not f & 2)
+            inputs = (
+                codec.decode(p) for f, p in read_envelopes(request.body, encoding) if not f & 2
+            )
             reply = envelope(0, codec.encode(method.handler(ctx, inputs)))
             return Response(200, headers, reply + end_stream(None))
-        first = next(read_envelopes(request.body), None)
+        first = next(read_envelopes(request.body, encoding), None)
         request.body.drain()
         if first is None:
             raise RpcError("invalid_argument", "missing request message")
