@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -357,19 +358,32 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
 
 
 def _events(ctx: Context, proc: Process, q: queue.SimpleQueue) -> Iterator[dict]:
-    """Stream `start`, then output and the end event, with keepalives in silences."""
+    """Stream `start`, then output and the end event, with keepalives in silences.
+
+    The call's deadline (Connect-Timeout-Ms) ends the stream with `deadline_exceeded`,
+    as connect-go does, even when the lifetime kill at that same moment produced an end
+    event: the caller asked for a result within the deadline and did not get one.
+    """
     interval = ctx.keepalive_interval()
+    deadline = time.monotonic() + ctx.timeout_ms / 1000 if ctx.timeout_ms else None
     try:
         yield {"event": {"start": {"pid": proc.pid}}}
         while True:
+            wait = interval
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0))
             try:
-                event = q.get(timeout=interval)
+                event = q.get(timeout=wait)
             except queue.Empty:
+                event = None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RpcError("deadline_exceeded", "context deadline exceeded")
+            if event is None:
                 yield {"event": {"keepalive": {}}}
-                continue
-            if event is _END:
+            elif event is _END:
                 return
-            yield {"event": event}
+            else:
+                yield {"event": event}
     finally:
         proc.unsubscribe(q)
 

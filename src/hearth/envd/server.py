@@ -125,6 +125,9 @@ class Envd:
                     resp = Response.error(e.status, e.message)
                 except RpcError as e:
                     resp = connect.unary_error(e)
+                except Exception as e:  # noqa: BLE001 - answer, and keep serving
+                    log(f"{req.method} {req.path}: {type(e).__name__}: {e}")
+                    resp = Response.error(500, f"internal error: {type(e).__name__}: {e}")
                 resp.headers.extend(CORS_HEADERS)
                 write_response(conn, resp, head_only=req.method == "HEAD")
                 try:

@@ -55,14 +55,44 @@ def ensure_dir(dest: Path, stamp: str, build: Callable[[Path], None]) -> Path:
 
 
 def _swap_in(new: Path, dest: Path) -> None:
-    """Put `new` at `dest`; a previous `dest` is moved aside first, then deleted."""
-    if not dest.exists():
-        new.rename(dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    dest.rename(old / dest.name)
+    """Put `new` at `dest`. A previous `dest` is moved aside, and deleted only once no
+    sandbox has it mounted: a running envd imports lazily from its bundle."""
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        dest.rename(old / dest.name)
     new.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    prune_replaced(dest)
+
+
+def prune_replaced(dest: Path) -> None:
+    """Delete the replaced versions of `dest` that no mount namespace still uses."""
+    replaced = list(dest.parent.glob(f".{dest.name}.old-*"))
+    if not replaced:
+        return
+    mounts = _all_mountinfo()
+    for old in replaced:
+        # A bind mount's source shows in mountinfo under its current (renamed) path.
+        if f"/{old.name}/" not in mounts:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _all_mountinfo() -> str:
+    """The mount tables of every mount namespace on the host, concatenated."""
+    seen: set[str] = set()
+    tables = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            namespace = os.readlink(f"/proc/{entry}/ns/mnt")
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            with open(f"/proc/{entry}/mountinfo") as f:
+                tables.append(f.read())
+        except OSError:
+            continue  # the process ended, or is not ours to read
+    return "".join(tables)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""Acceptance tests: the real E2B SDKs against a real envd."""
