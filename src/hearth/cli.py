@@ -48,8 +48,10 @@ def _envd(args: argparse.Namespace) -> int:
         _envd_on_host(args.host, args.port)
     from hearth.node.runtime.isolated import IsolatedEnvd, IsolatedEnvdError
 
-    # SIGTERM unwinds like Ctrl-C, so the sandbox is taken down either way.
+    # SIGTERM unwinds like Ctrl-C, so the sandbox is taken down either way; SIGINT is
+    # set explicitly because a parent (a job control shell, make) may have ignored it.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     sandbox = IsolatedEnvd(args.root, args.port, stderr=sys.stderr.fileno())
     try:
         sandbox.start()
