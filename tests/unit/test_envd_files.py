@@ -21,9 +21,9 @@ from hearth.envd import files, users
 from hearth.envd.context import Context
 from hearth.envd.http11 import Body, Connection, Request
 from hearth.envd.state import EnvdState
-from hearth.envd.users import User
 
-UID, GID = 4321, 4322
+UID, GID = 4321, 4322  # the ids of the conftest account
+
 TOKEN = "secret-token"
 
 
@@ -37,15 +37,8 @@ class FakeBody:
 
 
 @pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    return h
-
-
-@pytest.fixture
-def user(home, monkeypatch):
-    u = User("user", UID, GID, str(home), "/bin/bash", (GID,))
+def user(envd_user, monkeypatch):
+    u = envd_user
     real_lookup = users.lookup
 
     def lookup(name):

@@ -10,22 +10,13 @@ from hearth.envd import filesystem
 from hearth.envd.context import Context
 from hearth.envd.errors import RpcError
 from hearth.envd.state import EnvdState
-from hearth.envd.users import User
 
-UID, GID = 4321, 4322
-
-
-@pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    return h
+UID, GID = 4321, 4322  # the ids of the conftest account
 
 
 @pytest.fixture
-def ctx(home):
-    user = User("user", UID, GID, str(home), "/bin/bash", (GID,))
-    return Context(EnvdState(), user, {}, None)
+def ctx(envd_user):
+    return Context(EnvdState(), envd_user, {}, None)
 
 
 def rpc_error(fn, *args) -> RpcError:

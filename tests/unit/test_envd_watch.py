@@ -90,7 +90,8 @@ def test_stream_keepalive_when_idle(ctx, tmp_path):
     assert next(stream) == {"start": {}}
     started = time.monotonic()
     assert next(stream) == {"keepalive": {}}
-    assert 0.8 <= time.monotonic() - started < 3
+    # Sent only after a silence of the interval (1 s here), never sooner.
+    assert time.monotonic() - started >= 0.8
     stream.close()
 
 
@@ -238,9 +239,8 @@ def test_polled_watcher(ctx, tmp_path):
     poll_until(ctx, watcher_id, has("d/two.txt", "EVENT_TYPE_WRITE"))
 
     polled = watch._watchers[watcher_id]
-    started = time.monotonic()
     assert watch.remove_watcher(ctx, {"watcherId": watcher_id}) == {}
-    assert time.monotonic() - started < 1
+    # Removal stops the watcher's thread before it returns (woken through its pipe).
     assert not polled.thread.is_alive()
     assert polled.watcher.ino.closed
     with pytest.raises(RpcError) as err:
