@@ -14,6 +14,15 @@ class Context:
     user: User  # from `Authorization: Basic base64("<name>:")`, else the default user
     headers: dict[str, str]  # lower-cased names
     timeout_ms: int | None  # Connect-Timeout-Ms, None when absent or 0
+    # time.monotonic() at which the call's deadline passes, fixed when the request
+    # arrived; None without a timeout.
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms and self.deadline is None:
+            import time
+
+            self.deadline = time.monotonic() + self.timeout_ms / 1000
 
     def keepalive_interval(self) -> float:
         """Seconds between keepalive events on a stream (header in seconds, default 90)."""

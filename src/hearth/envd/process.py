@@ -365,7 +365,7 @@ def _events(ctx: Context, proc: Process, q: queue.SimpleQueue) -> Iterator[dict]
     event: the caller asked for a result within the deadline and did not get one.
     """
     interval = ctx.keepalive_interval()
-    deadline = time.monotonic() + ctx.timeout_ms / 1000 if ctx.timeout_ms else None
+    deadline = ctx.deadline
     try:
         yield {"event": {"start": {"pid": proc.pid}}}
         while True:
@@ -392,8 +392,11 @@ def start(ctx: Context, req: dict) -> Iterator[dict]:
     proc = _spawn(ctx, req)
     q = proc.subscribe()
     TABLE.add(proc)
-    if ctx.timeout_ms:
-        proc.timer = threading.Timer(ctx.timeout_ms / 1000, proc.signal, (signal.SIGKILL,))
+    if ctx.deadline is not None:
+        # The process lives until the call's deadline, the same instant that ends the
+        # stream, so the stream always reports the deadline rather than the kill.
+        lifetime = max(ctx.deadline - time.monotonic(), 0)
+        proc.timer = threading.Timer(lifetime, proc.signal, (signal.SIGKILL,))
         proc.timer.daemon = True
         proc.timer.start()
     threading.Thread(target=_pump, args=(proc, TABLE), name=f"pump-{proc.pid}", daemon=True).start()

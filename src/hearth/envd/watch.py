@@ -302,7 +302,7 @@ class WatchStream:
     def __init__(self, watcher: DirWatcher, ctx: Context) -> None:
         self.watcher: DirWatcher | None = watcher
         self.interval = ctx.keepalive_interval()
-        self.deadline = time.monotonic() + ctx.timeout_ms / 1000 if ctx.timeout_ms else None
+        self.deadline = ctx.deadline
         self.pending: deque[dict] = deque()
         self.started = False
         self.next_keepalive = 0.0
