@@ -1,0 +1,56 @@
+"""What the api and the proxy may ask of a node: the contract between the rooms.
+
+The api never sees a runtime driver; it asks a `Node` to run, stop and locate sandboxes.
+In `hearth serve` the node is in-process; in a cluster the same calls go over node RPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    sandbox_id: str  # 20 characters of [a-z0-9]
+    template_id: str
+    cpu_count: int
+    memory_mb: int
+    env_vars: dict[str, str] = field(default_factory=dict)
+    envd_access_token: str | None = None  # set on envd through /init; None: no token
+    allow_internet: bool = True
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SandboxAddress:
+    """Where the host reaches a sandbox's ports: `host` is the sandbox's slot address
+    (or 127.0.0.1 for runtimes that share the host's network), `port_map` overrides
+    individual ports (a runtime on the host's loopback maps envd's 49983 elsewhere)."""
+
+    host: str
+    port_map: dict[int, int] = field(default_factory=dict)
+
+    def port(self, sandbox_port: int) -> int:
+        return self.port_map.get(sandbox_port, sandbox_port)
+
+
+class SandboxNotFound(LookupError):
+    pass
+
+
+class Node(Protocol):
+    async def create(self, spec: SandboxSpec) -> SandboxAddress:
+        """Start a sandbox; returns once envd answers /health and /init was applied."""
+
+    async def kill(self, sandbox_id: str) -> bool:
+        """Stop a sandbox and release everything it holds; False if unknown."""
+
+    def address(self, sandbox_id: str) -> SandboxAddress | None:
+        """Where a running sandbox is reached, or None."""
+
+    async def running(self) -> list[str]:
+        """The ids of the sandboxes this node runs (for reconcile)."""
+
+    async def close(self) -> None:
+        """Stop every sandbox (server shutdown)."""
