@@ -104,17 +104,6 @@ def state_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "hearth-envd-*")))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_leaks_after_session() -> Iterator[None]:
-    """After every test of tests/sdk: no envd process, mount or run directory left."""
-    pids, mounts, dirs = envd_processes(), host_mounts(), state_dirs()
-    yield
-    left = [p for p in envd_processes() - pids if alive(p)]
-    assert not left, f"envd processes left at the end of the session: {left}"
-    assert host_mounts() == mounts, "mounts left in the host's namespace"
-    assert state_dirs() <= dirs, f"run directories left: {sorted(state_dirs() - dirs)}"
-
-
 @pytest.fixture(scope="session", params=ROOTS)
 def envd(request: pytest.FixtureRequest) -> Iterator[Envd]:
     """The session's envd for one root kind, with the SDK's environment set for it."""

@@ -293,9 +293,8 @@ def _spawn(ctx: Context, req: dict) -> Process:
     env = _environment(ctx, user, config.get("envs") or {})
     pty = req.get("pty")
     ids = {}
-    if (user.uid, user.gid) != (os.getuid(), os.getgid()) or set(user.groups) != set(
-        os.getgroups()
-    ):
+    own_groups = set(os.getgroups()) or {os.getgid()}
+    if (user.uid, user.gid) != (os.getuid(), os.getgid()) or set(user.groups) != own_groups:
         # Switching identity makes CPython fork instead of vfork (costly for a parent
         # of envd's size), so only ask for it when the identity really changes.
         ids = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
