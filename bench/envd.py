@@ -163,7 +163,7 @@ def memory_rows(label: str, pid: int) -> list[list[str]]:
         except OSError:
             continue
         total_pss += pss
-        role = "envd" if len(pids) == 1 else ("envd PID 1 (reaper)" if i == 0 else "envd server")
+        role = "envd" if len(pids) == 1 else f"envd process {i + 1}"
         rows.append([label, role, str(p), f"{rss / 1024:.1f}", f"{pss / 1024:.1f}"])
     if len(rows) > 1:
         rows.append([label, "total", "", "", f"{total_pss / 1024:.1f}"])

@@ -86,7 +86,7 @@ def test_envd_runs_isolated_and_stop_leaves_nothing(kind: str) -> None:
 
         pids = _pids_in_pid_namespace(envd.pid)
         namespace = os.readlink(f"/proc/{envd.pid}/ns/pid")
-        assert len(pids) >= 3  # envd (PID 1), its server, sleep
+        assert len(pids) >= 2  # envd (PID 1, which also reaps orphans), sleep
         launcher = _parent(envd.pid)
 
     assert _alive_in(pids, namespace) == set()

@@ -73,9 +73,12 @@ def envd_processes() -> set[int]:
 
 
 def host_mounts() -> list[str]:
-    """The mount points of this process's (the host's) mount namespace."""
+    """The host's mount points that the isolated runner could have made: under its run
+    directories or the bundle's target. (Other mounts may come and go meanwhile, from
+    other work on the machine; they are not this runner's to account for.)"""
     with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f]
+        points = [line.split()[4] for line in f]
+    return [p for p in points if "hearth-envd-" in p or "/opt/hearth" in p]
 
 
 def alive(pid: int) -> bool:

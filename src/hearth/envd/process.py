@@ -208,6 +208,37 @@ class ProcessTable:
 
 
 TABLE = ProcessTable()
+# Held while a process is spawned and registered, so that the orphan reaper never takes
+# the exit status of a child that is ours but not yet in TABLE.
+SPAWN_LOCK = threading.Lock()
+_child_spawned = threading.Event()
+
+
+def reap_orphans() -> None:
+    """Reap the orphans re-parented to envd when it is the sandbox's PID 1.
+
+    Runs in a thread of the server itself, so no second process is needed. The children
+    envd started are left to their pump threads, which need their exit status.
+    """
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # no children at all: wait until there are
+            _child_spawned.wait(1)
+            _child_spawned.clear()
+            continue
+        except InterruptedError:
+            continue
+        if info is None:
+            continue
+        with SPAWN_LOCK:
+            with TABLE.lock:
+                ours = TABLE.running.get(info.si_pid)
+            if ours is None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(info.si_pid, 0)
+                continue
+        ours.ended.wait()  # its pump thread reaps it and publishes the end
 
 
 def _pump(proc: Process, table: ProcessTable) -> None:
@@ -388,9 +419,11 @@ def _events(ctx: Context, proc: Process, q: queue.SimpleQueue) -> Iterator[dict]
 
 
 def start(ctx: Context, req: dict) -> Iterator[dict]:
-    proc = _spawn(ctx, req)
+    with SPAWN_LOCK:
+        proc = _spawn(ctx, req)
+        TABLE.add(proc)
+    _child_spawned.set()
     q = proc.subscribe()
-    TABLE.add(proc)
     if ctx.deadline is not None:
         # The process lives until the call's deadline, the same instant that ends the
         # stream, so the stream always reports the deadline rather than the kill.
