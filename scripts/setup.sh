@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm)
+apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

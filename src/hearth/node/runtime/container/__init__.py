@@ -1,0 +1,19 @@
+"""node/runtime/container: sandboxes as OCI containers (crun or runc), one network slot each."""
+
+from hearth.node.runtime.container.oci import OciRuntime, OciRuntimeError, detect
+from hearth.node.runtime.container.sandbox import (
+    ContainerError,
+    ContainerRuntime,
+    ContainerSandbox,
+    SandboxRecord,
+)
+
+__all__ = [
+    "ContainerError",
+    "ContainerRuntime",
+    "ContainerSandbox",
+    "OciRuntime",
+    "OciRuntimeError",
+    "SandboxRecord",
+    "detect",
+]

@@ -1,0 +1,171 @@
+"""Run as a script: mount a container sandbox's root in a private mount namespace, then
+exec the OCI runtime's `run` in it.
+
+`ContainerSandbox` runs this file with the host's interpreter (`python -I -S
+_launcher.py SPEC`), so it may import only the standard library. It:
+
+1. unshares a mount namespace and makes every mount in it private, so nothing below
+   reaches the host's mount table, and unmounts the hybrid cgroup2 mount if the
+   runtime needs that (crun, see oci.py);
+2. makes a user namespace with the sandbox's id map (a short-lived child holds it) and
+   mounts the template's root and the envd bundle *idmapped* through it, read-only: the
+   template's uid 0 and 1000 show as the sandbox's 0 and 1000 although the template
+   belongs to the host's ids, and files are shared with every other sandbox;
+3. mounts an overlay of the idmapped template (lower) and the sandbox's own directory
+   (upper, owned by the sandbox's root on the host), and the bundle under it;
+4. execs the runtime, which builds the container from this namespace. The runtime's
+   process stays as the container's parent and the mounts live as long as the
+   container: they disappear with its last process, with nothing to unmount on the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+    return result
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source and source.encode(),
+            target.encode(),
+            fstype and fstype.encode(),
+            ctypes.c_ulong(flags),
+            data.encode() or None,
+        ),
+        f"mount {fstype or source} on {target}",
+    )
+
+
+def _id_mapped_userns(base: int, count: int) -> int:
+    """An fd of a new user namespace that maps 0..count to base..base+count."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            _check(_libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)  # EOF: the parent has what it needs
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError("the user namespace helper failed")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"0 {base} {count}\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
+def _mount_id_mapped(source: str, target: str, userns: int) -> None:
+    """Mount a read-only, id-mapped copy of the tree at `source` on `target`."""
+    tree = _check(
+        _libc.syscall(
+            SYS_OPEN_TREE,
+            AT_FDCWD,
+            source.encode(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+        ),
+        f"open_tree {source}",
+    )
+    try:
+        attr = _MountAttr(
+            MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            0,
+            0,
+            userns,
+        )
+        _check(
+            _libc.syscall(
+                SYS_MOUNT_SETATTR,
+                tree,
+                b"",
+                AT_EMPTY_PATH | AT_RECURSIVE,
+                ctypes.byref(attr),
+                ctypes.sizeof(attr),
+            ),
+            f"id-map {source}",
+        )
+        _check(
+            _libc.syscall(
+                SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH
+            ),
+            f"move_mount {source} to {target}",
+        )
+    finally:
+        os.close(tree)
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if spec["hide_cgroup2"]:
+        _libc.umount2(spec["cgroup2_mount"].encode(), MNT_DETACH)
+    userns = _id_mapped_userns(spec["id_base"], spec["id_count"])
+    _mount_id_mapped(spec["template"], spec["lower"], userns)
+    _mount(
+        "overlay",
+        spec["rootfs"],
+        "overlay",
+        0,
+        f"lowerdir={spec['lower']},upperdir={spec['upper']},workdir={spec['work']}",
+    )
+    _mount_id_mapped(spec["envd_bundle"], spec["rootfs"] + spec["envd_target"], userns)
+    os.close(userns)
+    argv = spec["argv"]
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+"""Container sandboxes: envd as PID 1 of an OCI container in its own network slot.
+
+A sandbox is assembled from what it holds, and each piece registers its release on the
+sandbox's one `AsyncExitStack` the moment it is acquired:
+
+1. a block of 65536 host ids (its user namespace's map),
+2. a network slot (namespace, veth pair, address, rules),
+3. its directory `data_dir/sandboxes/ID` (overlay upper and work layers, the mount
+   points, config.json, envd's log, the record a restarted node adopts it from),
+4. its cgroups (created by the OCI runtime; removed here should the runtime not),
+5. the container (the runtime's foreground process, envd and everything under it).
+
+Kill, a failed create and shutdown all unwind that stack, in reverse, once; a release
+that fails is logged and the rest still run.
+
+Ids: each sandbox maps its uid/gid 0..65535 to its own host range
+`2**30 + block * 65536`, so no two sandboxes share a host id and nothing in one is
+owned by an id of the host's. The template's root and the envd bundle belong to the
+host's ids and are shared read-only through id-mapped mounts (see `_launcher.py`),
+which is what lets one cached template serve every sandbox without a chown'd copy;
+files a sandbox writes land in its upper layer owned by its own range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import logging
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from hearth.node.guest.envd_bundle import envd_command, envd_environment
+from hearth.node.interface import SandboxAddress, SandboxSpec
+from hearth.node.network import NetworkPool, NetworkSlot
+from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
+from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
+
+log = logging.getLogger(__name__)
+
+ENVD_PORT = 49983
+ENVD_TARGET = "/opt/hearth/envd"
+ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LAUNCHER = Path(__file__).with_name("_launcher.py")
+ID_BASE = 2**30
+ID_COUNT = 65536
+ID_BLOCKS = 2**14  # keeps every mapped id below 2**31
+DEFAULT_USER = "user"
+FALLBACK_DNS = ("8.8.8.8", "1.1.1.1")
+RECORD = "record.json"
+# Names a directory, a container and a cgroup: nothing that could leave them.
+SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
+
+T = TypeVar("T")
+
+
+class ContainerError(RuntimeError):
+    """A container sandbox could not be started; the message carries envd's output."""
+
+
+@dataclass
+class SandboxRecord:
+    """What a restarted node needs to adopt a sandbox, kept in its directory."""
+
+    sandbox_id: str
+    template_id: str
+    slot_index: int
+    allow_internet: bool
+    id_block: int
+    runtime: str
+    monitor_pid: int | None = None
+    created_at: float = 0.0
+    metadata: dict[str, str] | None = None
+
+
+class _IdBlocks:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: set[int] = set()
+
+    def claim(self, block: int | None = None) -> int:
+        with self._lock:
+            if block is None:
+                block = next((b for b in range(ID_BLOCKS) if b not in self._used), None)
+                if block is None:
+                    raise ContainerError("no free block of user ids")
+            elif block in self._used:
+                raise ContainerError(f"id block {block} is already in use")
+            self._used.add(block)
+            return block
+
+    def free(self, block: int) -> None:
+        with self._lock:
+            self._used.discard(block)
+
+
+class ContainerSandbox:
+    """A running container sandbox. Stop it with `stop()` (idempotent)."""
+
+    def __init__(self, record: SandboxRecord, directory: Path, stack: contextlib.AsyncExitStack):
+        self.record = record
+        self.directory = directory
+        self.slot: NetworkSlot | None = None
+        self.init_pid: int | None = None  # envd's pid on the host
+        self.release_errors: list[BaseException] = []
+        self._stack = stack
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.record.sandbox_id
+
+    @property
+    def address(self) -> SandboxAddress:
+        assert self.slot is not None
+        return SandboxAddress(self.slot.address)
+
+    async def stop(self) -> None:
+        """Kill the sandbox and release everything it holds, once."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            await asyncio.shield(self._stack.aclose())
+        finally:
+            self._stopped.set()
+
+
+class ContainerRuntime:
+    """Starts, adopts and cleans up container sandboxes under `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        oci: OciRuntime,
+        pool: NetworkPool,
+        envd_bundle: Path,
+        *,
+        cgroup_parent: str = "hearth",
+        pids_limit: int = 4096,
+        start_timeout: float = 60.0,
+        no_new_privileges: bool = False,
+        dns_servers: list[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.sandboxes_dir = self.data_dir / "sandboxes"
+        self.oci = oci
+        self.pool = pool
+        self.envd_bundle = envd_bundle
+        self.cgroup_parent = cgroup_parent
+        self.pids_limit = pids_limit
+        self.start_timeout = start_timeout
+        self.no_new_privileges = no_new_privileges
+        self.dns_servers = dns_servers
+        self._blocks = _IdBlocks()
+
+    def setup(self) -> None:
+        for d in (self.data_dir, self.sandboxes_dir, self.oci.state_root):
+            d.mkdir(parents=True, exist_ok=True)
+        # The runtime resolves each sandbox's root path as the sandbox's root, an id the
+        # host does not know: every directory above it must let others pass.
+        for parent in self.data_dir.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise ContainerError(
+                    f"{parent} is not searchable by other users (mode "
+                    f"{parent.stat().st_mode & 0o777:o}); the container runtime cannot "
+                    f"reach sandboxes under {self.data_dir}: choose a data directory "
+                    f"outside it (e.g. /var/lib/hearth) or chmod o+x {parent}"
+                )
+        # The sandboxes' roots are reached through here by their own (unmapped) ids.
+        for d in (self.data_dir, self.sandboxes_dir):
+            d.chmod(0o711)
+        self.oci.state_root.chmod(0o700)
+
+    # --- create ----------------------------------------------------------------------
+
+    async def start(self, spec: SandboxSpec, template: Path) -> ContainerSandbox:
+        """Start a sandbox of `spec` over the root `template`; returns once envd answers
+        /health and has taken /init."""
+        if not SANDBOX_ID.fullmatch(spec.sandbox_id):
+            raise ValueError(f"invalid sandbox id {spec.sandbox_id!r} (want [a-z0-9]{{1,64}})")
+        started = time.monotonic()
+        stack = contextlib.AsyncExitStack()
+        record = SandboxRecord(
+            sandbox_id=spec.sandbox_id,
+            template_id=spec.template_id,
+            slot_index=-1,
+            allow_internet=spec.allow_internet,
+            id_block=-1,
+            runtime=self.oci.name,
+            created_at=time.time(),
+            metadata=dict(spec.metadata),
+        )
+        directory = self.sandboxes_dir / spec.sandbox_id
+        sandbox = ContainerSandbox(record, directory, stack)
+        release = _Releaser(sandbox)
+        try:
+            record.id_block = self._blocks.claim()
+            release.push("its id block", self._blocks.free, record.id_block)
+
+            slot = await release.take(
+                "its network slot",
+                lambda: self.pool.acquire(allow_internet=spec.allow_internet),
+                lambda slot: slot.release,
+            )
+            sandbox.slot = slot
+            record.slot_index = slot.index
+
+            # Made here, before its release is pushed: a directory that already exists
+            # is another sandbox's, never to be removed by this one's unwinding.
+            directory.mkdir(mode=0o711)
+            release.push("its directory", shutil.rmtree, directory)
+            await _to_thread_to_the_end(
+                self._fill_directory, directory, spec, record, slot, template
+            )
+            release.push("its cgroups", self._remove_cgroups, spec.sandbox_id)
+
+            container = await release.take(
+                "its container",
+                lambda: self._launch(directory, record, template),
+                lambda container: container.stop,
+            )
+            record.monitor_pid = container.monitor_pid
+            await _to_thread_to_the_end(_write_record, directory, record)
+
+            await self._wait_healthy(slot.address, container, directory)
+            sandbox.init_pid = container.init_pid
+            await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
+            log.info(
+                "sandbox %s up at %s in %.0f ms",
+                spec.sandbox_id,
+                slot.address,
+                (time.monotonic() - started) * 1000,
+            )
+            return sandbox
+        except BaseException:
+            await sandbox.stop()
+            raise
+
+    def _fill_directory(
+        self,
+        directory: Path,
+        spec: SandboxSpec,
+        record: SandboxRecord,
+        slot: NetworkSlot,
+        template: Path,
+    ) -> None:
+        base = ID_BASE + record.id_block * ID_COUNT
+        for name in ("lower", "rootfs", "work"):
+            (directory / name).mkdir(mode=0o700)
+        upper = directory / "upper"
+        upper.mkdir(mode=0o755)
+        # The root of the overlay takes the upper layer's owner: the sandbox's root.
+        os.chown(upper, base, base)
+        etc = upper / "etc"
+        etc.mkdir(mode=0o755)
+        os.chown(etc, base, base)
+        hostname = _template_hostname(template)
+        files = {
+            "hostname": f"{hostname}\n",
+            "hosts": (
+                "127.0.0.1\tlocalhost\n"
+                "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"{slot.address}\t{hostname}\n"
+            ),
+            "resolv.conf": "".join(f"nameserver {ns}\n" for ns in self._dns()),
+        }
+        for name, text in files.items():
+            path = etc / name
+            path.write_text(text)
+            path.chmod(0o644)
+            os.chown(path, base, base)
+        config = ContainerConfig(
+            rootfs=directory / "rootfs",
+            argv=envd_command(ENVD_TARGET, "0.0.0.0", ENVD_PORT),
+            env={**envd_environment(ENVD_TARGET), "PATH": ENVD_PATH},
+            hostname=hostname,
+            id_base=base,
+            id_count=ID_COUNT,
+            netns_path=slot.netns_path,
+            cgroups_path=f"/{self.cgroup_parent}/{record.sandbox_id}",
+            cpu_count=spec.cpu_count,
+            memory_mb=spec.memory_mb,
+            pids_limit=self.pids_limit,
+            no_new_privileges=self.no_new_privileges,
+            # Raising a hard limit needs privilege the runtime no longer has when it
+            # applies it (inside the user namespace): at most the node's own.
+            open_files=min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        )
+        (directory / "config.json").write_text(json.dumps(oci_config(config), indent=1))
+        _write_record(directory, record)
+
+    def _launch(self, directory: Path, record: SandboxRecord, template: Path) -> _Container:
+        launch = {
+            "template": str(template),
+            "envd_bundle": str(self.envd_bundle),
+            "envd_target": ENVD_TARGET,
+            "lower": str(directory / "lower"),
+            "upper": str(directory / "upper"),
+            "work": str(directory / "work"),
+            "rootfs": str(directory / "rootfs"),
+            "id_base": ID_BASE + record.id_block * ID_COUNT,
+            "id_count": ID_COUNT,
+            "hide_cgroup2": self.oci.hide_cgroup2,
+            "cgroup2_mount": CGROUP2_HYBRID_MOUNT,
+            "argv": self.oci.command(
+                "run",
+                "--bundle",
+                str(directory),
+                "--pid-file",
+                str(directory / "pid"),
+                record.sandbox_id,
+            ),
+        }
+        with open(directory / "envd.log", "ab") as out:
+            monitor = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(launch)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                # The container must outlive a node that stops or restarts (to be
+                # adopted), and a Ctrl-C in the node's terminal must not reach it.
+                start_new_session=True,
+            )
+        return _Container(self.oci, record.sandbox_id, directory, monitor=monitor)
+
+    async def _wait_healthy(self, address: str, container: _Container, directory: Path) -> None:
+        url = f"http://{address}:{ENVD_PORT}/health"
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer"
+        async with envd_client() as client:
+            while True:
+                code = container.poll()
+                if code is not None:
+                    raise ContainerError(
+                        f"the sandbox's container exited ({code}) before envd answered"
+                        f"{_log_tail(directory)}"
+                    )
+                try:
+                    status = (await client.get(url)).status_code
+                    if status == 204:
+                        return
+                    last = f"status {status}"
+                except httpx.HTTPError as e:
+                    last = str(e) or type(e).__name__
+                if time.monotonic() > deadline:
+                    raise ContainerError(
+                        f"envd did not answer GET {url} with 204 within "
+                        f"{self.start_timeout:.0f} s (last: {last}){_log_tail(directory)}"
+                    )
+                await asyncio.sleep(0.005)
+
+    def _dns(self) -> list[str]:
+        if self.dns_servers is not None:
+            return self.dns_servers
+        found = []
+        with contextlib.suppress(OSError):
+            for line in Path("/etc/resolv.conf").read_text().splitlines():
+                parts = line.split()
+                if (
+                    len(parts) >= 2
+                    and parts[0] == "nameserver"
+                    and not parts[1].startswith("127.")
+                    and parts[1] != "::1"
+                ):
+                    found.append(parts[1])
+        return found or list(FALLBACK_DNS)
+
+    # --- adopt and clean up ----------------------------------------------------------
+
+    async def reconcile(self) -> tuple[list[ContainerSandbox], list[str]]:
+        """Adopt the sandboxes a previous node process left running; remove everything
+        else of theirs (containers, cgroups, directories, network slots). Returns the
+        adopted sandboxes and a description of what was removed."""
+        adopted: list[ContainerSandbox] = []
+        removed: list[str] = []
+        entries = sorted(os.listdir(self.sandboxes_dir)) if self.sandboxes_dir.is_dir() else []
+        for name in entries:
+            directory = self.sandboxes_dir / name
+            sandbox = await self._adopt(directory)
+            if sandbox is not None:
+                adopted.append(sandbox)
+                continue
+            await asyncio.to_thread(self._discard, name, directory)
+            removed.append(f"sandbox {name}")
+        keep = {s.sandbox_id for s in adopted}
+        # A sandbox's directory is made before its container and cgroups and removed
+        # after them, so the directories and the runtime's state name all there is.
+        for name in await asyncio.to_thread(self.oci.containers):
+            if name not in keep and name not in entries:
+                await asyncio.to_thread(self._discard, name, None)
+                removed.append(f"container {name}")
+        slots = {s.record.slot_index for s in adopted}
+        removed += [f"network slot {n}" for n in await asyncio.to_thread(self.pool.sweep, slots)]
+        return adopted, removed
+
+    async def _adopt(self, directory: Path) -> ContainerSandbox | None:
+        try:
+            data = json.loads((directory / RECORD).read_text())
+            record = SandboxRecord(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if record.runtime != self.oci.name or record.slot_index < 0 or record.id_block < 0:
+            return None
+        state = await asyncio.to_thread(self.oci.state, record.sandbox_id)
+        if not state or state.get("status") != "running" or not state.get("pid"):
+            return None
+        stack = contextlib.AsyncExitStack()
+        sandbox = ContainerSandbox(record, directory, stack)
+        release = _Releaser(sandbox)
+        try:
+            self._blocks.claim(record.id_block)
+            release.push("its id block", self._blocks.free, record.id_block)
+            slot = await release.take(
+                "its network slot",
+                lambda: self.pool.adopt(record.slot_index, allow_internet=record.allow_internet),
+                lambda slot: slot.release,
+            )
+            sandbox.slot = slot
+            release.push("its directory", shutil.rmtree, directory)
+            release.push("its cgroups", self._remove_cgroups, record.sandbox_id)
+            container = _Container.adopt(
+                self.oci, record.sandbox_id, directory, int(state["pid"]), record.monitor_pid
+            )
+            release.push("its container", container.stop)
+            sandbox.init_pid = container.init_pid
+            async with envd_client() as client:
+                r = await client.get(f"http://{slot.address}:{ENVD_PORT}/health")
+                if r.status_code != 204:
+                    raise ContainerError(f"envd answers /health with {r.status_code}")
+        except Exception as e:
+            log.warning("cannot adopt sandbox %s, removing it: %s", record.sandbox_id, e)
+            await sandbox.stop()
+            return None
+        log.info("adopted sandbox %s at %s", record.sandbox_id, slot.address)
+        return sandbox
+
+    def _discard(self, name: str, directory: Path | None) -> None:
+        """Remove a sandbox that cannot be adopted: container, cgroups, directory. Its
+        network slot goes in the pool's sweep."""
+        steps: list[Callable[[], object]] = [
+            lambda: self.oci.delete(name),
+            lambda: self._remove_cgroups(name),
+        ]
+        if directory is not None:
+            steps.append(lambda: shutil.rmtree(directory))
+        for step in steps:
+            try:
+                step()
+            except FileNotFoundError:
+                pass
+            except Exception:
+                log.exception("removing leftovers of sandbox %s", name)
+
+    # --- cgroups ---------------------------------------------------------------------
+
+    def cgroup_dirs(self, name: str) -> list[str]:
+        """The cgroup directories of sandbox `name` that exist (one per v1 hierarchy)."""
+        return glob.glob(f"/sys/fs/cgroup/*/{self.cgroup_parent}/{name}") + glob.glob(
+            f"/sys/fs/cgroup/{self.cgroup_parent}/{name}"
+        )
+
+    def _remove_cgroups(self, name: str) -> None:
+        """rmdir the sandbox's cgroups (the runtime normally has; this is the backstop)."""
+        failed = []
+        for path in self.cgroup_dirs(name):
+            for attempt in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if attempt == 49:
+                        failed.append(path)
+                    time.sleep(0.02)  # the last task is still leaving
+        if failed:
+            raise ContainerError(f"cgroups still busy: {failed}")
+
+    def remove_cgroup_parents(self) -> None:
+        """rmdir the cgroup parent in every hierarchy if no sandbox is left in it."""
+        for parent in glob.glob(f"/sys/fs/cgroup/*/{self.cgroup_parent}") + glob.glob(
+            f"/sys/fs/cgroup/{self.cgroup_parent}"
+        ):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+
+class _Container:
+    """The OCI runtime's foreground process for one container, and the container's init
+    (envd). `stop()` kills envd (PID 1: the kernel then kills the whole pid namespace),
+    waits for the runtime process to reap it and remove the container's state and
+    cgroups, and deletes the container through the runtime should anything remain."""
+
+    def __init__(
+        self,
+        oci: OciRuntime,
+        container_id: str,
+        directory: Path,
+        *,
+        monitor: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.oci = oci
+        self.container_id = container_id
+        self.directory = directory
+        self._monitor = monitor
+        self._monitor_pidfd: int | None = None
+        self._init_pidfd: int | None = None
+        self.init_pid: int | None = None
+
+    @classmethod
+    def adopt(
+        cls,
+        oci: OciRuntime,
+        container_id: str,
+        directory: Path,
+        init_pid: int,
+        monitor_pid: int | None,
+    ) -> _Container:
+        c = cls(oci, container_id, directory)
+        c.init_pid = init_pid
+        c._init_pidfd = os.pidfd_open(init_pid)
+        if monitor_pid and _cmdline_mentions(monitor_pid, container_id):
+            with contextlib.suppress(ProcessLookupError):
+                c._monitor_pidfd = os.pidfd_open(monitor_pid)
+        return c
+
+    @property
+    def monitor_pid(self) -> int | None:
+        return self._monitor.pid if self._monitor else None
+
+    def poll(self) -> int | None:
+        """The runtime process's exit status once it has ended, else None. Until then,
+        also looks for the pid file the runtime writes once the container exists, and
+        takes hold of the container's init (a pidfd) as soon as it appears."""
+        if self._monitor is not None:
+            code = self._monitor.poll()
+            if code is not None:
+                return code
+        if self._init_pidfd is None:
+            self._open_init()
+        return None
+
+    def _open_init(self) -> None:
+        try:
+            pid = int((self.directory / "pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._init_pidfd = os.pidfd_open(pid)
+            self.init_pid = pid
+
+    def stop(self) -> None:
+        errors = []
+        if self._init_pidfd is None:
+            self._open_init()
+        if self._init_pidfd is not None:
+            try:
+                _kill_and_wait(self._init_pidfd, 10)
+            except Exception as e:
+                errors.append(e)
+            finally:
+                os.close(self._init_pidfd)
+                self._init_pidfd = None
+        elif self._monitor is not None and self._monitor.poll() is None:
+            # No container yet: stop the runtime where it is; delete cleans up after it.
+            self._monitor.kill()
+        if self._monitor is not None:
+            try:
+                self._monitor.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._monitor.kill()
+                self._monitor.wait()
+        elif self._monitor_pidfd is not None:
+            with contextlib.suppress(Exception):
+                select.select([self._monitor_pidfd], [], [], 10)
+            os.close(self._monitor_pidfd)
+            self._monitor_pidfd = None
+        try:
+            self.oci.delete(self.container_id)
+        except Exception as e:
+            errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+class _Releaser:
+    """Pushes releases onto a sandbox's stack: each runs in a thread, and a failure is
+    logged and kept, never stops the others."""
+
+    def __init__(self, sandbox: ContainerSandbox) -> None:
+        self._sandbox = sandbox
+
+    def push(self, what: str, release: Callable[..., object], *args: object) -> None:
+        sandbox = self._sandbox
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(release, *args)
+            except FileNotFoundError:
+                pass
+            except Exception as e:
+                log.error("sandbox %s: releasing %s failed: %s", sandbox.sandbox_id, what, e)
+                sandbox.release_errors.append(e)
+
+        sandbox._stack.push_async_callback(run)
+
+    async def take(
+        self,
+        what: str,
+        acquire: Callable[[], T],
+        release_of: Callable[[T], Callable[[], object]],
+    ) -> T:
+        """Run the blocking `acquire()` in a thread and push the release of what it
+        returns. Cancelled meanwhile, it still waits for the thread and pushes the
+        release before re-raising: a thread is never left to acquire for no one."""
+        future = asyncio.ensure_future(asyncio.to_thread(acquire))
+        try:
+            result = await _until_done(future)
+        finally:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.push(what, release_of(future.result()))
+        return result
+
+
+async def _until_done(future: asyncio.Future[T]) -> T:
+    """Await `future`; if the awaiting task is cancelled, still wait for the future to
+    finish, then re-raise the cancellation."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        raise
+
+
+async def _to_thread_to_the_end(work: Callable[..., T], *args: object) -> T:
+    """asyncio.to_thread, but a cancellation waits for the thread to finish (so that no
+    release runs while it still works), then propagates."""
+    return await _until_done(asyncio.ensure_future(asyncio.to_thread(work, *args)))
+
+
+def envd_client() -> httpx.AsyncClient:
+    """An HTTP client for envd: plain HTTP to an address of the node's own, so no TLS
+    context (loading the CA bundle costs tens of milliseconds per client) and no proxy
+    from the environment."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=2.0), verify=False, trust_env=False
+    )
+
+
+def _kill_and_wait(pidfd: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    ready, _, _ = select.select([pidfd], [], [], timeout)
+    if not ready:
+        raise ContainerError(f"the container's init did not exit within {timeout:.0f} s")
+
+
+def _cmdline_mentions(pid: int, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _write_record(directory: Path, record: SandboxRecord) -> None:
+    tmp = directory / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.rename(directory / RECORD)
+
+
+def _template_hostname(template: Path) -> str:
+    try:
+        name = (template / "etc" / "hostname").read_text().strip()
+    except OSError:
+        name = ""
+    return name or "hearth"
+
+
+def _log_tail(directory: Path) -> str:
+    try:
+        text = (directory / "envd.log").read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"; its output:\n{text[-4000:]}" if text else "; it wrote nothing"
+
+
+async def init_envd(base_url: str, spec: SandboxSpec) -> None:
+    """POST envd's /init: the sandbox's environment, access token, user and clock."""
+    body = {
+        "envVars": {
+            **spec.env_vars,
+            "E2B_SANDBOX": "true",
+            "E2B_SANDBOX_ID": spec.sandbox_id,
+            "E2B_TEMPLATE_ID": spec.template_id,
+        },
+        "defaultUser": DEFAULT_USER,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if spec.envd_access_token:
+        body["accessToken"] = spec.envd_access_token
+    async with envd_client() as client:
+        r = await client.post(f"{base_url}/init", json=body)
+    if r.status_code != 204:
+        raise ContainerError(f"envd refused /init: {r.status_code} {r.text[:500]}")
