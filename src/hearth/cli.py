@@ -10,7 +10,14 @@ import argparse
 import os
 import signal
 import sys
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from hearth.store import Store, Team
 
 ENVD_DEFAULT_PORT = 49983
 
@@ -39,8 +46,63 @@ def main(argv: list[str] | None = None) -> None:
     envd.add_argument("--host", default="127.0.0.1", help="address to listen on without --isolated")
     envd.set_defaults(run=_envd)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the E2B API, the sandbox proxy and a node on this machine",
+        description="Run Hearth on one machine: API and sandbox traffic on one port.",
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument(
+        "--data-dir", type=Path, help="where the database lives (default: ~/.local/share/hearth)"
+    )
+    serve.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        help="base domain of {port}-{id}.DOMAIN sandbox hosts (repeatable; the first is"
+        " advertised; default: localhost:PORT)",
+    )
+    serve.add_argument("--runtime", choices=("container", "isolated"), default="container")
+    serve.add_argument("--proxy-port", type=int, help="also serve sandbox traffic alone here")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="Manage the API keys that the E2B SDKs send as X-API-Key.",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    team = argparse.ArgumentParser(add_help=False)
+    team.add_argument("--team", default="default", help="team name (default: %(default)s)")
+    create = key_commands.add_parser(
+        "create", parents=[team], help="create a key and print it (it is shown only once)"
+    )
+    create.add_argument("--name", default="cli", help="a label for the key (default: %(default)s)")
+    create.set_defaults(run=_keys_create)
+    listing = key_commands.add_parser("list", parents=[team], help="list the team's keys")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.set_defaults(run=_keys_list)
+    revoke = key_commands.add_parser("revoke", parents=[team], help="revoke a key by its ID")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(run=_keys_revoke)
+
     args = parser.parse_args(argv)
     sys.exit(args.run(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hearth.serve import ServeOptions, main
+
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        domains=tuple(args.domain),
+        runtime=args.runtime,
+        proxy_port=args.proxy_port,
+    )
+    return main(options)
 
 
 def _envd(args: argparse.Namespace) -> int:
@@ -91,6 +153,75 @@ def _print_instructions(root: str, port: int) -> None:
         lines.append(f"  export E2B_SANDBOX_URL={url}")
     lines.append("Ctrl-C stops it and removes everything it created.")
     print("\n".join(lines), flush=True)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    async def create(store: Store, team: Team) -> int:
+        key, record = await store.create_api_key(team.id, args.name)
+        print(key, flush=True)
+        print(
+            f"hearth: created key {record.id} ({record.name}) for team {team.name};"
+            " it is shown only this once",
+            file=sys.stderr,
+        )
+        return 0
+
+    # On a fresh installation the default team is made here, and its first key is this one.
+    return _in_team(args.team, create, create_default=True)
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    async def show(store: Store, team: Team) -> int:
+        header = ("ID", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED")[: 6 if args.all else 5]
+        rows = [header]
+        for key in await store.list_api_keys(team.id, include_revoked=args.all):
+            when = (key.created_at, key.last_used_at, key.revoked_at)
+            rows.append((key.id, key.name, key.masked, *map(_when, when))[: len(header)])
+        widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+
+    return _in_team(args.team, show)
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    async def revoke(store: Store, team: Team) -> int:
+        if not await store.revoke_api_key(team.id, args.id):
+            print(f"hearth: team {team.name} has no live key {args.id}", file=sys.stderr)
+            return 1
+        print(f"hearth: revoked key {args.id}", file=sys.stderr)
+        return 0
+
+    return _in_team(args.team, revoke)
+
+
+def _in_team(
+    name: str,
+    command: Callable[[Store, Team], Awaitable[int]],
+    create_default: bool = False,
+) -> int:
+    """Run `command` on the store that the settings name, for the team called `name`."""
+    import asyncio
+
+    from hearth import store
+    from hearth.config import settings
+
+    async def run() -> int:
+        async with await store.open(settings().database_url) as opened:
+            team = await opened.get_team_by_name(name)
+            if team is None and create_default and name == store.DEFAULT_TEAM:
+                team = await opened.create_team(name)
+            if team is None:
+                print(f"hearth: no team named {name!r}", file=sys.stderr)
+                return 1
+            return await command(opened, team)
+
+    return asyncio.run(run())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -15,10 +15,18 @@ class Settings:
     # Built artefacts that are expensive to make and safe to share between runs: root
     # filesystems, the envd bundle when there is no source checkout to build it in.
     cache_dir: Path
+    # State that must survive restarts: the SQLite database by default.
+    data_dir: Path
+    # SQLAlchemy URL of the store: SQLite (default, in data_dir) or PostgreSQL.
+    database_url: str
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read Hearth's settings from `environ` (the process environment by default)."""
     env = os.environ if environ is None else environ
     cache_dir = env.get("HEARTH_CACHE_DIR") or str(Path.home() / ".cache" / "hearth")
-    return Settings(cache_dir=Path(cache_dir).expanduser())
+    data_dir = Path(env.get("HEARTH_DATA_DIR") or "/var/lib/hearth").expanduser()
+    database_url = env.get("HEARTH_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir}/hearth.db"
+    return Settings(
+        cache_dir=Path(cache_dir).expanduser(), data_dir=data_dir, database_url=database_url
+    )

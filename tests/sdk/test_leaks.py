@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 
 import pytest
@@ -32,6 +33,17 @@ def _pids_running(marker: str) -> list[int]:
         if marker in cmdline and alive(int(entry)):
             found.append(int(entry))
     return found
+
+
+@pytest.fixture(autouse=True)
+def private_run_dirs(tmp_path, monkeypatch):
+    """Give this test's runners their own temporary directory, so that the before and
+    after comparisons see only what these tests made, not other work on the machine."""
+    run_dirs = tmp_path / "runs"
+    run_dirs.mkdir()
+    run_dirs.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(run_dirs))
+    return run_dirs
 
 
 @pytest.mark.parametrize("kind", ROOTS)

@@ -18,7 +18,7 @@ from typing import Literal
 from hearth.config import settings
 from hearth.node.disk.cache import ensure_dir, progress
 
-RootKind = Literal["busybox", "debian"]
+RootKind = Literal["busybox", "debian", "base"]
 
 # Bump when anything a root holds changes: the key names the cached directory, so a new
 # recipe builds beside the old roots instead of deleting one that a sandbox may still
@@ -27,6 +27,18 @@ RECIPE_VERSION = 1
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("sudo", "procps", "python3")
+# The `base` template: what an agent reaches for first, as in E2B's base image. Installed
+# with apt inside the root after debootstrap: debootstrap's own resolver fails on npm.
+BASE_EXTRA_PACKAGES = (
+    "python3-pip",
+    "python3-venv",
+    "nodejs",
+    "npm",
+    "git",
+    "curl",
+    "ca-certificates",
+)
+DEBIAN_KINDS = {"debian": (), "base": BASE_EXTRA_PACKAGES}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 USER_NAME = "user"
@@ -74,11 +86,13 @@ def ensure_root(kind: RootKind, cache_dir: Path | None = None) -> Path:
         busybox = _static_busybox()
         key = _recipe_key(kind, busybox=hashlib.sha256(busybox.read_bytes()).hexdigest())
         build: Callable[[Path], None] = functools.partial(_build_busybox, busybox=busybox)
-    elif kind == "debian":
-        key = _recipe_key(kind, suite=DEBIAN_SUITE, packages=DEBIAN_PACKAGES)
-        build = _build_debian
+    elif kind in DEBIAN_KINDS:
+        extra = DEBIAN_KINDS[kind]
+        packages = DEBIAN_PACKAGES  # the debian root's key stays what it was
+        key = _recipe_key(kind, suite=DEBIAN_SUITE, packages=packages + extra)
+        build = functools.partial(_build_debian, extra=extra)
     else:
-        raise ValueError(f"unknown root kind {kind!r} (busybox or debian)")
+        raise ValueError(f"unknown root kind {kind!r} (busybox, debian or base)")
     entry = base / f"{kind}-{key}"
     ensure_dir(entry, key, functools.partial(_make_root, kind, build))
     return entry / "rootfs"
@@ -130,8 +144,9 @@ def _build_busybox(root: Path, busybox: Path) -> None:
     (root / "home" / USER_NAME).mkdir()
 
 
-def _build_debian(root: Path) -> None:
-    """Debian minbase from the archive, with `user` allowed to sudo without a password."""
+def _build_debian(root: Path, extra: tuple[str, ...] = ()) -> None:
+    """Debian minbase from the archive plus `extra` packages, with `user` allowed to sudo
+    without a password."""
     mirror = _debian_mirror()
     log = root.parent / "debootstrap.log"
     progress(f"debootstrap {DEBIAN_SUITE} from {mirror} (a minute or two; log: {log})")
@@ -153,6 +168,8 @@ def _build_debian(root: Path) -> None:
     finally:
         log.unlink(missing_ok=True)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    if extra:
+        _apt_install(root, extra, env)
     for args in (
         ["groupadd", "--gid", str(USER_ID), USER_NAME],
         ["useradd", "--create-home", "--uid", str(USER_ID), "--gid", str(USER_ID),
@@ -167,6 +184,26 @@ def _build_debian(root: Path) -> None:
         for entry in (root / cache).glob("*"):
             if entry.is_file():
                 entry.unlink()
+
+
+def _apt_install(root: Path, packages: tuple[str, ...], env: dict[str, str]) -> None:
+    """apt-get install inside the root, in a private mount namespace that has /proc."""
+    progress(f"installing {', '.join(packages)} into the root (a few minutes)")
+    script = (
+        f"mount -t proc proc {root}/proc && "
+        f"chroot {root} apt-get -q update && "
+        f"chroot {root} apt-get -q install -y --no-install-recommends {' '.join(packages)}"
+    )
+    env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).splitlines()[-20:]
+        raise RuntimeError(f"apt-get install failed ({done.returncode}):\n" + "\n".join(tail))
 
 
 def _finish(root: Path) -> None:

@@ -1,0 +1,105 @@
+"""The plain records the store hands out: callers never see a table row or a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class SandboxState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    KILLED = "killed"  # final: the row stays for logs and history, lists skip it
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A team's API key as it may be shown: never the key, only its ends for recognition."""
+
+    id: str
+    team_id: str
+    name: str
+    prefix: str  # the key's first characters ("e2b_" and two more)
+    suffix: str  # its last four
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def masked(self) -> str:
+        return f"{self.prefix}…{self.suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    sandbox_id: str
+    team_id: str
+    template_id: str
+    alias: str | None
+    client_id: str
+    state: SandboxState
+    metadata: dict[str, str]
+    cpu_count: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
+    envd_access_token: str | None
+    traffic_access_token: str | None
+    allow_internet: bool | None
+    auto_pause: bool
+    auto_resume: bool
+    network: dict[str, Any] | None  # the create-time SandboxNetworkConfig, echoed by GET
+    started_at: datetime
+    end_at: datetime
+    node_id: str | None
+    runtime: str | None
+    killed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    template_id: str
+    team_id: str | None  # None: a template of the installation itself, always public
+    aliases: tuple[str, ...]
+    cpu_count: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
+    build_id: str | None
+    public: bool
+    created_at: datetime
+    updated_at: datetime
+    build_count: int
+    spawn_count: int
+    last_spawned_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxEvent:
+    id: int
+    sandbox_id: str
+    team_id: str
+    type: str
+    timestamp: datetime
+    payload: dict[str, Any]
+
+
+class StoreError(Exception):
+    """Base of the errors the store raises on purpose."""
+
+
+class Conflict(StoreError):
+    """The write would break a uniqueness or ownership rule (the api's 409 or 400)."""
+
+
+class InvalidCursor(StoreError, ValueError):
+    """A `next_token` this store did not make, or made for the other order."""
