@@ -1,0 +1,205 @@
+"""The sandbox bodies of E2B's OpenAPI spec, with its exact field names (spec §2.3, §2.4).
+
+Fields are named as they travel (`templateID`, `envVars`, and the one snake_case
+`allow_internet_access`); unknown request fields are ignored, as the Go server does.
+Every field the Python SDK's parser requires is required here too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hearth.store import Sandbox
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class AutoResume(_Request):
+    enabled: bool = False
+
+
+class VolumeMount(_Request):
+    name: str
+    path: str
+
+
+# A host name or address, optionally with a port or the `${PORT}` placeholder.
+_MASK = r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?(?::(?:[0-9]{1,5}|\$\{PORT\}))?$"
+
+
+class NetworkConfig(_Request):
+    model_config = ConfigDict(extra="allow")
+
+    allowPublicTraffic: bool | None = None
+    allowOut: list[str] | None = None
+    denyOut: list[str] | None = None
+    maskRequestHost: str | None = Field(None, pattern=_MASK)
+
+
+class NewSandboxV2(_Request):
+    """`POST /v2/sandboxes`: always secured; the timeout defaults to 300 s."""
+
+    templateID: str = Field(min_length=1)
+    timeout: int | None = None
+    autoPause: bool | None = None
+    autoPauseMemory: bool | None = None
+    autoResume: AutoResume | None = None
+    allow_internet_access: bool | None = None
+    network: NetworkConfig | None = None
+    metadata: dict[str, str] | None = None
+    envVars: dict[str, str] | None = None
+    mcp: dict[str, Any] | None = None
+    volumeMounts: list[VolumeMount] | None = None
+
+
+class NewSandbox(NewSandboxV2):
+    """`POST /sandboxes` (v1): secured only when asked; the timeout defaults to 15 s."""
+
+    secure: bool | None = None
+
+
+class ConnectSandbox(_Request):
+    timeout: int
+    memory: bool | None = None
+
+
+class ConnectSandboxV2(_Request):
+    timeout: int = 300
+    memory: bool | None = None
+
+
+class TimeoutRequest(_Request):
+    timeout: int = Field(ge=0)
+
+
+class RefreshRequest(_Request):
+    duration: int = Field(15, ge=0, le=3600)
+
+
+class SandboxCreated(BaseModel):
+    """`Sandbox`: the answer of create and connect."""
+
+    sandboxID: str
+    templateID: str
+    alias: str | None
+    clientID: str
+    envdVersion: str
+    envdAccessToken: str | None
+    trafficAccessToken: str | None
+    domain: str | None
+
+    @classmethod
+    def of(cls, sandbox: Sandbox, domain: str | None) -> SandboxCreated:
+        return cls(
+            sandboxID=sandbox.sandbox_id,
+            templateID=sandbox.template_id,
+            alias=sandbox.alias,
+            clientID=sandbox.client_id,
+            envdVersion=sandbox.envd_version,
+            envdAccessToken=sandbox.envd_access_token,
+            trafficAccessToken=sandbox.traffic_access_token,
+            domain=domain,
+        )
+
+
+class Lifecycle(BaseModel):
+    autoResume: bool
+    onTimeout: Literal["kill", "pause"]
+
+
+class ListedSandbox(BaseModel):
+    templateID: str
+    alias: str | None
+    sandboxID: str
+    clientID: str
+    startedAt: datetime
+    endAt: datetime
+    cpuCount: int
+    memoryMB: int
+    diskSizeMB: int
+    metadata: dict[str, str]
+    state: Literal["running", "paused"]
+    envdVersion: str
+    volumeMounts: list[VolumeMount]
+
+    @classmethod
+    def of(cls, sandbox: Sandbox) -> ListedSandbox:
+        return cls(**_listed_fields(sandbox))
+
+
+class SandboxDetail(ListedSandbox):
+    envdAccessToken: str | None
+    allowInternetAccess: bool | None
+    domain: str | None
+    network: dict[str, Any] | None
+    lifecycle: Lifecycle
+
+    @classmethod
+    def of_detail(cls, sandbox: Sandbox, domain: str | None) -> SandboxDetail:
+        return cls(
+            **_listed_fields(sandbox),
+            envdAccessToken=sandbox.envd_access_token,
+            allowInternetAccess=sandbox.allow_internet,
+            domain=domain,
+            network=sandbox.network,
+            lifecycle=Lifecycle(
+                autoResume=sandbox.auto_resume,
+                onTimeout="pause" if sandbox.auto_pause else "kill",
+            ),
+        )
+
+
+def _listed_fields(sandbox: Sandbox) -> dict[str, Any]:
+    return {
+        "templateID": sandbox.template_id,
+        "alias": sandbox.alias,
+        "sandboxID": sandbox.sandbox_id,
+        "clientID": sandbox.client_id,
+        "startedAt": sandbox.started_at,
+        "endAt": sandbox.end_at,
+        "cpuCount": sandbox.cpu_count,
+        "memoryMB": sandbox.memory_mb,
+        "diskSizeMB": sandbox.disk_size_mb,
+        "metadata": sandbox.metadata,
+        "state": sandbox.state.value,
+        "envdVersion": sandbox.envd_version,
+        "volumeMounts": [],
+    }
+
+
+class SandboxMetric(BaseModel):
+    timestamp: datetime
+    timestampUnix: int
+    cpuCount: int
+    cpuUsedPct: float
+    memUsed: int
+    memTotal: int
+    memCache: int
+    diskUsed: int
+    diskTotal: int
+
+
+class SandboxLog(BaseModel):
+    timestamp: datetime
+    line: str
+
+
+class SandboxLogEntry(BaseModel):
+    timestamp: datetime
+    message: str
+    level: Literal["debug", "info", "warn", "error"]
+    fields: dict[str, str]
+
+
+class SandboxLogs(BaseModel):
+    logs: list[SandboxLog]
+    logEntries: list[SandboxLogEntry]
+
+
+class SandboxLogsV2(BaseModel):
+    logs: list[SandboxLogEntry]

@@ -1,0 +1,252 @@
+"""Sandbox routes: create, list, get, kill, timeout, refresh, connect, metrics, logs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Response
+
+from hearth.api._auth import CurrentTeam
+from hearth.api._deps import SandboxesDep, SettingsDep, StoreDep
+from hearth.api._errors import ApiError, sandbox_not_found
+from hearth.api._filters import decode_metadata, decode_states, decode_time
+from hearth.api._sandboxes import CreateRequest
+from hearth.api.routes.sandbox_schemas import (
+    ConnectSandbox,
+    ConnectSandboxV2,
+    ListedSandbox,
+    NewSandbox,
+    NewSandboxV2,
+    RefreshRequest,
+    SandboxCreated,
+    SandboxDetail,
+    SandboxLog,
+    SandboxLogEntry,
+    SandboxLogs,
+    SandboxLogsV2,
+    SandboxMetric,
+    TimeoutRequest,
+)
+from hearth.store import MAX_PAGE, InvalidCursor, SandboxState, Store, Team
+
+router = APIRouter()
+
+
+# --- create ----------------------------------------------------------------------------
+
+
+@router.post("/sandboxes", status_code=201)
+async def create_sandbox(
+    body: NewSandbox, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
+) -> SandboxCreated:
+    request = _create_request(body, secure=bool(body.secure), default_timeout=15)
+    return SandboxCreated.of(await sandboxes.create(team, request), settings.domain)
+
+
+@router.post("/v2/sandboxes", status_code=201)
+async def create_sandbox_v2(
+    body: NewSandboxV2,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> SandboxCreated:
+    request = _create_request(body, secure=True, default_timeout=300)
+    sandbox = await sandboxes.create(team, request, idempotency_key)
+    return SandboxCreated.of(sandbox, settings.domain)
+
+
+def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -> CreateRequest:
+    auto_resume = bool(body.autoResume and body.autoResume.enabled)
+    if body.autoPauseMemory is not None and not body.autoPause:
+        raise ApiError(400, "autoPauseMemory can be set only when autoPause is true")
+    if body.autoPauseMemory is False and auto_resume:
+        raise ApiError(400, "autoPauseMemory false cannot be combined with autoResume")
+    if body.volumeMounts:
+        raise ApiError(400, "Volume mounts are not supported by this server")
+    network = body.network.model_dump(exclude_none=True) if body.network else None
+    deny = body.network.denyOut or [] if body.network else []
+    allow_internet = body.allow_internet_access is not False and "0.0.0.0/0" not in deny
+    public = body.network is None or body.network.allowPublicTraffic is not False
+    return CreateRequest(
+        template=body.templateID,
+        timeout=default_timeout if body.timeout is None else body.timeout,
+        secure=secure,
+        metadata=dict(body.metadata or {}),
+        env_vars=dict(body.envVars or {}),
+        allow_internet=allow_internet,
+        public_traffic=public,
+        auto_pause=bool(body.autoPause),
+        auto_resume=auto_resume,
+        network=network,
+    )
+
+
+# --- read ------------------------------------------------------------------------------
+
+
+@router.get("/sandboxes")
+async def list_sandboxes(
+    team: CurrentTeam, store: StoreDep, metadata: str | None = None
+) -> list[ListedSandbox]:
+    """v1: every running sandbox (no pagination), oldest first, as infra sorts them."""
+    pairs = decode_metadata(metadata) if metadata else None
+    found, token = [], None
+    while True:
+        page, token = await store.list_sandboxes(
+            team.id, states=[SandboxState.RUNNING], metadata=pairs, order="asc", next_token=token
+        )
+        found.extend(page)
+        if token is None:
+            return [ListedSandbox.of(s) for s in found]
+
+
+@router.get("/v2/sandboxes")
+async def list_sandboxes_v2(
+    response: Response,
+    team: CurrentTeam,
+    store: StoreDep,
+    metadata: str | None = None,
+    state: Annotated[list[str] | None, Query()] = None,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    started_after: Annotated[str | None, Query(alias="startedAfter")] = None,
+    template: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> list[ListedSandbox]:
+    filters = {
+        "metadata": decode_metadata(metadata) if metadata else None,
+        "template": template or None,
+        "started_after": decode_time(started_after, "startedAfter"),
+    }
+    states = decode_states(state)
+    try:
+        page, token = await store.list_sandboxes(
+            team.id,
+            states=states,
+            order="asc" if order == "asc" else "desc",
+            limit=limit,
+            next_token=next_token or None,
+            **filters,
+        )
+    except InvalidCursor as e:
+        raise ApiError(400, str(e)) from None
+    if token:
+        response.headers["X-Next-Token"] = token
+    if SandboxState.RUNNING in states:
+        response.headers["X-Total-Running"] = str(await store.count_running(team.id, **filters))
+    return [ListedSandbox.of(s) for s in page]
+
+
+# The parser crashes on a `network: null`; an absent optional field is always safe.
+@router.get("/sandboxes/{sandbox_id}", response_model_exclude_none=True)
+async def get_sandbox(
+    sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
+) -> SandboxDetail:
+    return SandboxDetail.of_detail(await sandboxes.get(team, sandbox_id), settings.domain)
+
+
+@router.get("/sandboxes/{sandbox_id}/metrics")
+async def get_sandbox_metrics(
+    sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep
+) -> list[SandboxMetric]:
+    return [SandboxMetric(**m) for m in await sandboxes.metrics(team, sandbox_id)]
+
+
+@router.get("/sandboxes/{sandbox_id}/logs")
+async def get_sandbox_logs(
+    sandbox_id: str,
+    team: CurrentTeam,
+    store: StoreDep,
+    start: int | None = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
+) -> SandboxLogs:
+    """v1 logs: the sandbox's lifecycle events, as lines and as entries (`start` in ms)."""
+    entries = await _log_entries(store, team, sandbox_id, start, limit)
+    lines = [SandboxLog(timestamp=e.timestamp, line=e.message) for e in entries]
+    return SandboxLogs(logs=lines, logEntries=entries)
+
+
+@router.get("/v2/sandboxes/{sandbox_id}/logs")
+async def get_sandbox_logs_v2(
+    sandbox_id: str,
+    team: CurrentTeam,
+    store: StoreDep,
+    cursor: int | None = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
+) -> SandboxLogsV2:
+    return SandboxLogsV2(logs=await _log_entries(store, team, sandbox_id, cursor, limit))
+
+
+async def _log_entries(
+    store: Store, team: Team, sandbox_id: str, start_ms: int | None, limit: int
+) -> list[SandboxLogEntry]:
+    if await store.get_sandbox(team.id, sandbox_id, include_killed=True) is None:
+        raise sandbox_not_found(sandbox_id)
+    start = datetime.fromtimestamp(start_ms / 1000, UTC) if start_ms else None
+    events = await store.sandbox_events(team.id, sandbox_id, start=start, limit=limit)
+    return [
+        SandboxLogEntry(
+            timestamp=e.timestamp,
+            message=f"{e.type} {json.dumps(e.payload, sort_keys=True)}",
+            level="info",
+            fields={"type": e.type, **{k: str(v) for k, v in e.payload.items()}},
+        )
+        for e in events
+    ]
+
+
+# --- change ----------------------------------------------------------------------------
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep) -> Response:
+    if not await sandboxes.kill(team.id, sandbox_id):
+        raise sandbox_not_found(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+async def set_sandbox_timeout(
+    sandbox_id: str, body: TimeoutRequest, team: CurrentTeam, sandboxes: SandboxesDep
+) -> Response:
+    await sandboxes.set_timeout(team, sandbox_id, body.timeout)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+async def refresh_sandbox(
+    sandbox_id: str,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    body: Annotated[RefreshRequest | None, Body()] = None,
+) -> Response:
+    await sandboxes.refresh(team, sandbox_id, (body or RefreshRequest()).duration)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/connect")
+async def connect_sandbox(
+    sandbox_id: str,
+    body: ConnectSandbox,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    settings: SettingsDep,
+) -> SandboxCreated:
+    """200: it runs (its end only extended). A paused sandbox would be resumed with 201."""
+    sandbox = await sandboxes.connect(team, sandbox_id, body.timeout)
+    return SandboxCreated.of(sandbox, settings.domain)
+
+
+@router.post("/v2/sandboxes/{sandbox_id}/connect")
+async def connect_sandbox_v2(
+    sandbox_id: str,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    settings: SettingsDep,
+    body: Annotated[ConnectSandboxV2 | None, Body()] = None,
+) -> SandboxCreated:
+    timeout = (body or ConnectSandboxV2()).timeout
+    return SandboxCreated.of(await sandboxes.connect(team, sandbox_id, timeout), settings.domain)

@@ -1,0 +1,290 @@
+"""`hearth serve`: the API, the proxy and a node in one process, on one port.
+
+The gateway (`hearth.proxy`) owns the public listener: requests for a sandbox go to the
+node's sandbox, the rest to the API, which uvicorn serves on a private abstract Unix
+socket in the same event loop. One port therefore serves E2B_API_URL and
+E2B_SANDBOX_URL alike (spec §1.6, recipe A).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from hearth import config
+from hearth.api import ENVD_VERSION, ApiSettings, create_app, live_sandboxes
+from hearth.node.interface import Node
+from hearth.proxy import Gateway, listen
+from hearth.store import Store
+from hearth.store import open as open_store
+
+log = logging.getLogger(__name__)
+
+# The templates every installation has: what `Sandbox.create()` asks for by default.
+BUILTIN_TEMPLATES = ("base",)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "0.0.0.0"
+    port: int = 3000
+    data_dir: Path | None = None
+    # Base domains of `{port}-{id}.{domain}` hosts; the first is the one advertised.
+    # Empty: `localhost:PORT`, which browsers and curl resolve to this machine.
+    domains: tuple[str, ...] = ()
+    runtime: str = "container"
+    proxy_port: int | None = None  # an extra proxy-only listener
+    database_url: str | None = None  # default: SQLite in data_dir
+    max_timeout: int = 24 * 3600
+
+
+@dataclass
+class Running:
+    """What a started server tells whoever started it."""
+
+    api_url: str
+    sandbox_url: str
+    domain: str
+    api_key: str | None  # the default team's key, on the very first start only
+    port: int
+    proxy_port: int | None
+    store: Store
+    app: object = field(repr=False)
+
+    def recipe(self) -> list[str]:
+        """The `export` lines of spec §1.6 recipe A (the key only when it is known)."""
+        lines = [f"export E2B_API_KEY={self.api_key}"] if self.api_key else []
+        return [
+            *lines,
+            f"export E2B_API_URL={self.api_url}",
+            f"export E2B_SANDBOX_URL={self.sandbox_url}",
+            f"export E2B_DOMAIN={self.domain}",
+        ]
+
+
+async def serve(
+    options: ServeOptions,
+    *,
+    node: Node | None = None,
+    started: Callable[[Running], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when run from the main thread)."""
+    stop = stop or asyncio.Event()
+    data_dir, url = _storage(options)
+    store = await open_store(url)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        # From here on a signal stops the server cleanly, even one sent during start.
+        stack.enter_context(_signals_set(stop))
+        _, api_key = await store.ensure_default_team()
+        await _ensure_templates(store)
+        if node is None:
+            node = await _start_node(options, data_dir)
+        stack.push_async_callback(node.close)
+
+        public = listen(options.host, options.port)
+        stack.callback(public.close)  # a no-op once its server has closed it
+        port = public.getsockname()[1]
+        proxy_sock = None
+        if options.proxy_port is not None:
+            proxy_sock = listen(options.host, options.proxy_port)
+            stack.callback(proxy_sock.close)
+        domains = options.domains or (f"localhost:{port}",)
+        app = create_app(
+            store,
+            node,
+            ApiSettings(domain=domains[0], max_timeout=options.max_timeout),
+        )
+        api_server, api_task, api_socket = await _start_api(app)
+        stack.push_async_callback(_stop_api, api_server, api_task)
+
+        directory = live_sandboxes(app)
+        gateway = Gateway(directory, domains=domains, api_socket=api_socket)
+        listeners = [await asyncio.start_server(gateway.handle, sock=public)]
+        gateways = [gateway]
+        if proxy_sock is not None:
+            proxy_only = Gateway(directory, domains=domains)
+            listeners.append(await asyncio.start_server(proxy_only.handle, sock=proxy_sock))
+            gateways.append(proxy_only)
+        stack.push_async_callback(_stop_listeners, listeners, gateways)
+
+        reachable = _reachable_host(options.host)
+        base = f"http://{reachable}:{port}"
+        running = Running(
+            api_url=base,
+            sandbox_url=(
+                f"http://{reachable}:{proxy_sock.getsockname()[1]}" if proxy_sock else base
+            ),
+            domain=domains[0],
+            api_key=api_key,
+            port=port,
+            proxy_port=proxy_sock.getsockname()[1] if proxy_sock else None,
+            store=store,
+            app=app,
+        )
+        if started is not None:
+            started(running)
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, api_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if api_task.done() and (error := api_task.exception()) is not None:
+            raise RuntimeError("the API server stopped") from error
+
+
+def _storage(options: ServeOptions) -> tuple[Path, str]:
+    """The data directory and database URL: the options', else the settings'. A
+    `--data-dir` moves the default SQLite file with it; HEARTH_DATABASE_URL still wins."""
+    settings = config.settings()
+    data_dir = (options.data_dir or settings.data_dir).expanduser()
+    url = options.database_url or settings.database_url
+    if options.data_dir is not None and options.database_url is None:
+        default = config.settings({"HEARTH_DATA_DIR": str(settings.data_dir)}).database_url
+        if url == default:  # not chosen explicitly: follow the data directory
+            url = config.settings({"HEARTH_DATA_DIR": str(data_dir)}).database_url
+    # Searchable by all (the container runtime's users reach sandboxes under it), listable
+    # by its owner only; the database file itself is the owner's alone.
+    data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    return data_dir, url
+
+
+async def _ensure_templates(store: Store) -> None:
+    for name in BUILTIN_TEMPLATES:
+        if await store.find_template(name) is None:
+            await store.upsert_template(
+                name,
+                team_id=None,
+                cpu_count=2,
+                memory_mb=512,
+                disk_size_mb=2048,
+                envd_version=ENVD_VERSION,
+                aliases=[name],
+                public=True,
+            )
+
+
+async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
+    """The in-process node, started (and so reconciled) before the API reconciles."""
+    from hearth.node.local import LocalNode
+
+    node = LocalNode(data_dir / "node", runtime=options.runtime)  # type: ignore[arg-type]
+    try:
+        await node.start()
+    except BaseException:
+        await node.close()
+        raise
+    return node
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve` decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _start_api(app: object) -> tuple[_Uvicorn, asyncio.Task[None], str]:
+    """uvicorn on an abstract Unix socket: private to this host's processes that know
+    its random name, gone with the process, nothing to clean up on disk."""
+    name = f"\0hearth-api-{os.getpid()}-{secrets.token_hex(8)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(name)
+    sock.listen(1024)
+    sock.setblocking(False)
+    server = _Uvicorn(
+        uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            # The gateway keeps its connection to the API while a client keeps its own.
+            timeout_keep_alive=3600,
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="hearth-api")
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # raises the startup error
+            raise RuntimeError("the API server did not start")
+        await asyncio.sleep(0.01)
+    return server, task, name
+
+
+async def _stop_api(server: _Uvicorn, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(asyncio.shield(task), 10)
+    if not task.done():
+        server.force_exit = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stop_listeners(listeners: list[asyncio.Server], gateways: list[Gateway]) -> None:
+    for listener in listeners:
+        listener.close()
+    for gateway in gateways:
+        await gateway.aclose()
+    for listener in listeners:
+        await listener.wait_closed()
+
+
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` (only the main thread may handle signals)."""
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _reachable_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def main(options: ServeOptions) -> int:
+    """Run `hearth serve` in the foreground; print recipe A once it listens."""
+    logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s", stream=sys.stderr)
+    logging.getLogger("hearth").setLevel(logging.INFO)  # our progress; libraries' warnings
+
+    def announce(running: Running) -> None:
+        if running.api_key is None:
+            log.info(
+                "the default team's API key was printed at its first start;"
+                " `hearth keys create` makes another"
+            )
+        log.info("listening on %s; point the E2B SDK at it with:", running.api_url)
+        print("\n".join(running.recipe()), flush=True)
+
+    try:
+        asyncio.run(serve(options, started=announce))
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:
+        log.debug("serve failed", exc_info=True)
+        log.error("%s", e)
+        return 1
+    return 0

@@ -1,0 +1,151 @@
+"""A real `hearth serve` for the API tests, and the E2B SDK pointed at it (recipe A).
+
+The server runs in a thread of this process (its own event loop), through the same
+`hearth.serve.serve` the command line runs, on a random loopback port with a temporary
+data directory and SQLite. Sandboxes come from the node's isolated runtime (`hearth serve
+--runtime isolated`): each is an envd in its own namespaces over a throwaway Debian root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@dataclass(frozen=True)
+class Hearth:
+    """The running server as the tests see it."""
+
+    api_url: str
+    sandbox_url: str
+    domain: str
+    api_key: str
+    port: int
+    database_url: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "E2B_API_KEY": self.api_key,
+            "E2B_API_URL": self.api_url,
+            "E2B_SANDBOX_URL": self.sandbox_url,
+            "E2B_DOMAIN": self.domain,
+        }
+
+
+class ServerThread:
+    """`serve()` in a thread with its own loop; `stop()` shuts it down like SIGTERM."""
+
+    def __init__(self, options: object) -> None:
+        self._options = options
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.running: object = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hearth-serve", daemon=True)
+
+    def start(self, timeout: float = 60) -> object:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("hearth serve did not start")
+        if self.error is not None:
+            raise self.error
+        return self.running
+
+    def stop(self, timeout: float = 60) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "hearth serve did not stop"
+
+    def _run(self) -> None:
+        from hearth.serve import serve
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def started(running: object) -> None:
+                self.running = running
+                self._ready.set()
+
+            await serve(self._options, started=started, stop=self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001 - reported to the test that waits
+            self.error = e
+        finally:
+            self._ready.set()
+
+
+@pytest.fixture(scope="session")
+def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sandboxes run in user, mount and pid namespaces")
+    if not (ROOT / "src/hearth/envd/__main__.py").exists():
+        pytest.skip("envd is not there")
+    from hearth.serve import ServeOptions
+
+    before = _envd_processes()
+    data = tmp_path_factory.mktemp("hearth-data")
+    url = f"sqlite:///{data}/hearth.db"
+    options = ServeOptions(
+        host="127.0.0.1", port=0, data_dir=data, database_url=url, runtime="isolated"
+    )
+    server = ServerThread(options)
+    running = server.start()
+    assert running.api_key, "a fresh data directory must print the first API key"
+    info = Hearth(
+        api_url=running.api_url,
+        sandbox_url=running.sandbox_url,
+        domain=running.domain,
+        api_key=running.api_key,
+        port=running.port,
+        database_url=url,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in info.env().items():
+            patch.setenv(name, value)
+        patch.delenv("E2B_DEBUG", raising=False)
+        try:
+            yield info
+        finally:
+            server.stop()
+    left = _envd_processes() - before
+    assert not left, f"sandboxes left running after the server stopped: {sorted(left)}"
+
+
+def _envd_processes() -> set[int]:
+    """Host pids whose command line runs hearth.envd (every sandbox has one)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"hearth.envd" in f.read().split(b"\0"):
+                    found.add(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def other_team_key(hearth: Hearth) -> str:
+    """An API key of a second team, made in the server's database."""
+    from hearth import store
+
+    async def make() -> str:
+        async with await store.open(hearth.database_url) as opened:
+            team = await opened.create_team("other")
+            key, _ = await opened.create_api_key(team.id, "tests")
+            return key
+
+    return asyncio.run(make())
