@@ -93,7 +93,11 @@ async def serve(
         await _ensure_templates(store)
         if node is None:
             node = await _start_node(options, data_dir)
-        stack.push_async_callback(node.close)
+        # Container sandboxes outlive a restart of the server and are adopted by the
+        # next start; other runtimes' sandboxes cannot, so they are stopped.
+        detach = getattr(node, "detach", None)
+        keep = options.runtime == "container" and detach is not None
+        stack.push_async_callback(detach if keep else node.close)
 
         public = listen(options.host, options.port)
         stack.callback(public.close)  # a no-op once its server has closed it

@@ -178,6 +178,13 @@ class LocalNode:
             return template_id  # type: ignore[return-value]
         return self._default_root
 
+    async def detach(self) -> None:
+        """Let go of the sandboxes without stopping them, for a node process that exits
+        and will be started again: its next `start()` adopts them (see `reconcile`).
+        Only container sandboxes outlive the node process; isolated ones end with it."""
+        self._closed = True
+        self._sandboxes = {}
+
     async def close(self) -> None:
         """Stop every sandbox and release what the node holds on the host."""
         self._closed = True
