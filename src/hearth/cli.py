@@ -87,8 +87,28 @@ def main(argv: list[str] | None = None) -> None:
     revoke.add_argument("id", metavar="ID")
     revoke.set_defaults(run=_keys_revoke)
 
+    template = commands.add_parser("template", help="build the built-in templates")
+    template_commands = template.add_subparsers(dest="template_command", required=True)
+    build_base = template_commands.add_parser(
+        "build-base",
+        help="build (or check) the base template's root and the envd bundle",
+        description="Build the `base` template (Debian with python3, pip, venv, nodejs,"
+        " npm, git, curl, sudo and the user `user`) and the envd bundle, with progress."
+        " `hearth serve` does this at its first start; the result is cached.",
+    )
+    build_base.set_defaults(run=_template_build_base)
+
     args = parser.parse_args(argv)
     sys.exit(args.run(args))
+
+
+def _template_build_base(args: argparse.Namespace) -> int:
+    from hearth.node.disk.rootfs import ensure_root
+    from hearth.node.guest.envd_bundle import ensure_bundle
+
+    print(ensure_bundle())
+    print(ensure_root("base"))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ from hearth.store import open as open_store
 log = logging.getLogger(__name__)
 
 # The templates every installation has: what `Sandbox.create()` asks for by default.
-BUILTIN_TEMPLATES = ("base",)
+DEFAULT_TEMPLATE = "base"  # what `Sandbox.create()` asks for without a template
+BUILTIN_TEMPLATES = (DEFAULT_TEMPLATE,)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,9 @@ async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
     node = LocalNode(data_dir / "node", runtime=options.runtime)  # type: ignore[arg-type]
     try:
         await node.start()
+        # The default template's root is built before the first request, with progress
+        # on the console: built inside a create, it outlasts the SDK's request timeout.
+        await node.prepare(DEFAULT_TEMPLATE)
     except BaseException:
         await node.close()
         raise

@@ -150,6 +150,10 @@ class LocalNode:
             self._starting.discard(sandbox_id)
         return sandbox.address
 
+    async def prepare(self, template_id: str) -> None:
+        """Build (or find cached) what sandboxes of `template_id` start from."""
+        await asyncio.to_thread(ensure_root, self._root_kind(template_id), self._cache_dir)
+
     async def kill(self, sandbox_id: str) -> bool:
         sandbox = self._sandboxes.pop(sandbox_id, None)
         if sandbox is None:
