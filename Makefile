@@ -1,10 +1,15 @@
 # The two commands of the README: `make run` and `make test`. Each installs what it needs.
-.PHONY: setup run test lint format proto envd-bundle bench
+.PHONY: setup run envd test lint format proto envd-bundle bench
 
 setup:
 	@bash scripts/setup.sh
 
+# The server: REST api, proxy and container sandboxes on port 3000, data in /var/lib/hearth.
 run: setup envd-bundle
+	uv run hearth serve
+
+# envd alone, in a throwaway isolated root, for the SDK's debug mode.
+envd: setup envd-bundle
 	uv run hearth envd --isolated
 
 test: setup envd-bundle
@@ -28,3 +33,4 @@ envd-bundle: setup
 
 bench: setup envd-bundle
 	uv run python bench/envd.py
+	uv run python bench/sandbox.py

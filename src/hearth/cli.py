@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument(
-        "--data-dir", type=Path, help="where the database lives (default: ~/.local/share/hearth)"
+        "--data-dir",
+        type=Path,
+        help="the database and the sandboxes' state (default: $HEARTH_DATA_DIR or /var/lib/hearth)",
     )
     serve.add_argument(
         "--domain",
