@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,3 +151,34 @@ def other_team_key(hearth: Hearth) -> str:
             return key
 
     return asyncio.run(make())
+
+
+@pytest.fixture
+def container_data_dir() -> Iterator[Path]:
+    """A data directory for a container-runtime server: the runtime's unprivileged ids
+    must be able to search every parent, which rules out pytest's tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix="hearth-containers-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def serve_containers(data_dir: Path, port: int = 0) -> tuple[ServerThread, Hearth]:
+    """`hearth serve --runtime container` in a thread; returns it and how to reach it."""
+    from hearth.serve import ServeOptions
+
+    url = f"sqlite:///{data_dir}/hearth.db"
+    options = ServeOptions(
+        host="127.0.0.1", port=port, data_dir=data_dir, database_url=url, runtime="container"
+    )
+    server = ServerThread(options)
+    running = server.start()
+    info = Hearth(
+        api_url=running.api_url,
+        sandbox_url=running.sandbox_url,
+        domain=running.domain,
+        api_key=running.api_key or "",
+        port=running.port,
+        database_url=url,
+    )
+    return server, info

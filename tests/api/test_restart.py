@@ -7,15 +7,13 @@ is listed, reachable and killable through the SDK afterwards, and nothing is lef
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from e2b import Sandbox
 
-from .conftest import ServerThread
+from .conftest import serve_containers
 
 pytestmark = [
     pytest.mark.root,
@@ -23,42 +21,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def data_dir():
-    # The container runtime's users must be able to search every parent directory.
-    path = Path(tempfile.mkdtemp(prefix="hearth-restart-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _serve(data_dir: Path, port: int = 0):
-    from hearth.serve import ServeOptions
-
-    options = ServeOptions(
-        host="127.0.0.1",
-        port=port,
-        data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir}/hearth.db",
-        runtime="container",
-    )
-    server = ServerThread(options)
-    return server, server.start()
-
-
 def _counter(sandbox: Sandbox) -> int:
     return int(sandbox.commands.run("cat /tmp/count").stdout.strip() or 0)
 
 
-def test_sandbox_survives_server_restart(data_dir, monkeypatch):
-    server, running = _serve(data_dir)
-    env = {
-        "E2B_API_KEY": running.api_key,
-        "E2B_API_URL": running.api_url,
-        "E2B_SANDBOX_URL": running.sandbox_url,
-        "E2B_DOMAIN": running.domain,
-    }
-    for name, value in env.items():
+def test_sandbox_survives_server_restart(container_data_dir, monkeypatch):
+    data_dir = container_data_dir
+    server, running = serve_containers(data_dir)
+    for name, value in running.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("E2B_DEBUG", raising=False)
     try:
@@ -71,8 +41,7 @@ def test_sandbox_survives_server_restart(data_dir, monkeypatch):
         server.stop()
 
     # Same port, so the SDK's URLs stay valid; same data dir, so the same store and node.
-    port = int(running.api_url.rsplit(":", 1)[1])
-    server, _ = _serve(data_dir, port)
+    server, _ = serve_containers(data_dir, running.port)
     try:
         assert sandbox.sandbox_id in [s.sandbox_id for s in Sandbox.list().next_items()]
         again = Sandbox.connect(sandbox.sandbox_id)
