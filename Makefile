@@ -15,6 +15,7 @@ envd: setup envd-bundle
 test: setup envd-bundle
 	uv run ruff check .
 	uv run ruff format --check .
+	uv run hearth template build-base
 	uv run pytest -q
 
 lint:

@@ -54,7 +54,8 @@ class ServerThread:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hearth-serve", daemon=True)
 
-    def start(self, timeout: float = 60) -> object:
+    def start(self, timeout: float = 900) -> object:
+        # A guard against a hang, not a speed limit: a first start may build a root.
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TimeoutError("hearth serve did not start")
