@@ -98,7 +98,6 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
         pytest.skip("envd is not there")
     from hearth.serve import ServeOptions
 
-    before = _envd_processes()
     data = tmp_path_factory.mktemp("hearth-data")
     url = f"sqlite:///{data}/hearth.db"
     options = ServeOptions(
@@ -122,9 +121,12 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
         try:
             yield info
         finally:
+            # The sandboxes this server started are envds below this process (other work
+            # on the machine may run envds too; they are not this server's to account for).
+            ours = _envd_processes() & _descendants(os.getpid())
             server.stop()
-    left = _envd_processes() - before
-    assert not left, f"sandboxes left running after the server stopped: {sorted(left)}"
+    left = sorted(pid for pid in ours if _alive(pid))
+    assert not left, f"sandboxes left running after the server stopped: {left}"
 
 
 def _envd_processes() -> set[int]:
@@ -138,6 +140,36 @@ def _envd_processes() -> set[int]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below `root` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
