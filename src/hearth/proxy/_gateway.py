@@ -351,7 +351,10 @@ def _is_loopback(host: str) -> bool:
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 picks one), for `asyncio.start_server(sock=...)`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # protocol says TCP, and the relay writes a response's head and body separately, so
+    # with Nagle on every response through the gateway waited ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
