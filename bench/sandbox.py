@@ -45,8 +45,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from envd import direct_envd, percentile, print_table, process_tree  # bench/envd.py
+
+if TYPE_CHECKING:
+    from hearth.serve import ServerThread
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -151,56 +155,6 @@ def machine() -> str:
         f"Linux {platform.release()}, {os_name}; Python {platform.python_version()}, "
         f"e2b {version('e2b')}, {oci}"
     )
-
-
-# --- the server in a thread ------------------------------------------------------------------
-
-
-class Server:
-    """`hearth.serve.serve()` in a thread with its own loop; `stop()` is like SIGTERM."""
-
-    def __init__(self, options: object) -> None:
-        self._options = options
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.running = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="hearth-serve", daemon=True)
-
-    def start(self, timeout: float = 120) -> object:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("hearth serve did not start")
-        if self.error is not None:
-            raise self.error
-        return self.running
-
-    def stop(self, timeout: float = 120) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has already ended
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        from hearth.serve import serve
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-
-            def started(running: object) -> None:
-                self.running = running
-                self._ready.set()
-
-            await serve(self._options, started=started, stop=self._stop)
-
-        try:
-            asyncio.run(main())
-        except BaseException as e:  # noqa: BLE001 - reported to whoever waits
-            self.error = e
-        finally:
-            self._ready.set()
 
 
 # --- probes: where create time goes ----------------------------------------------------------
@@ -1104,7 +1058,7 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def cleanup(bench: Bench | None, server: Server | None, data_dir: Path, runtime: str) -> None:
+def cleanup(bench: Bench | None, server: ServerThread | None, data_dir: Path, runtime: str) -> None:
     """Kill whatever this run still holds, stop the server, and make sure nothing of it
     stays on the host (a container node leaves running sandboxes for its next start, so
     they are killed through the API first, then by a node started on the same data)."""
@@ -1166,7 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hearth.node.disk.rootfs import ensure_root
     from hearth.node.guest.envd_bundle import ensure_bundle
-    from hearth.serve import ServeOptions
+    from hearth.serve import ServeOptions, ServerThread
 
     t = time.perf_counter()
     print(f"ensuring the {TEMPLATE!r} root and envd bundle (a first build takes minutes)...")
@@ -1181,12 +1135,12 @@ def main(argv: list[str] | None = None) -> int:
     database_url = f"sqlite:///{data_dir}/hearth.db"
     probes = Probes()
     probes.install()
-    server: Server | None = None
+    server: ServerThread | None = None
     bench: Bench | None = None
     results: dict[str, object] = {}
     try:
         with interrupt_on_sigterm():
-            server = Server(
+            server = ServerThread(
                 ServeOptions(
                     host="127.0.0.1",
                     port=0,

@@ -296,3 +296,54 @@ def main(options: ServeOptions) -> int:
         log.error("%s", e)
         return 1
     return 0
+
+
+class ServerThread:
+    """`serve()` in a thread with its own event loop, for tests, benchmarks and programs
+    that embed Hearth; `stop()` shuts it down as SIGTERM would."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self._options = options
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.running: Running | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hearth-serve", daemon=True)
+
+    def start(self, timeout: float = 900) -> Running:
+        """Wait until it listens. The timeout guards against a hang, not a slow start: a
+        first start builds the base template."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("hearth serve did not start")
+        if self.error is not None:
+            raise self.error
+        assert self.running is not None
+        return self.running
+
+    def stop(self, timeout: float = 120) -> bool:
+        """Stop it; True once the thread has ended."""
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def started(running: Running) -> None:
+                self.running = running
+                self._ready.set()
+
+            await serve(self._options, started=started, stop=self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001 - reported to whoever waits in start()
+            self.error = e
+        finally:
+            self._ready.set()

@@ -12,12 +12,13 @@ import asyncio
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from hearth.serve import ServerThread
 
 ROOT = Path(__file__).parents[2]
 
@@ -40,54 +41,6 @@ class Hearth:
             "E2B_SANDBOX_URL": self.sandbox_url,
             "E2B_DOMAIN": self.domain,
         }
-
-
-class ServerThread:
-    """`serve()` in a thread with its own loop; `stop()` shuts it down like SIGTERM."""
-
-    def __init__(self, options: object) -> None:
-        self._options = options
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.running: object = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="hearth-serve", daemon=True)
-
-    def start(self, timeout: float = 900) -> object:
-        # A guard against a hang, not a speed limit: a first start may build a root.
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("hearth serve did not start")
-        if self.error is not None:
-            raise self.error
-        return self.running
-
-    def stop(self, timeout: float = 60) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "hearth serve did not stop"
-
-    def _run(self) -> None:
-        from hearth.serve import serve
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-
-            def started(running: object) -> None:
-                self.running = running
-                self._ready.set()
-
-            await serve(self._options, started=started, stop=self._stop)
-
-        try:
-            asyncio.run(main())
-        except BaseException as e:  # noqa: BLE001 - reported to the test that waits
-            self.error = e
-        finally:
-            self._ready.set()
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +77,7 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
             # The sandboxes this server started are envds below this process (other work
             # on the machine may run envds too; they are not this server's to account for).
             ours = _envd_processes() & _descendants(os.getpid())
-            server.stop()
+            assert server.stop(), "hearth serve did not stop"
     left = sorted(pid for pid in ours if _alive(pid))
     assert not left, f"sandboxes left running after the server stopped: {left}"
 

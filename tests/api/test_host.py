@@ -31,7 +31,7 @@ def hearth(container_data_dir, monkeypatch):
     try:
         yield info
     finally:
-        server.stop()
+        assert server.stop(), "hearth serve did not stop"
 
 
 def _get(hearth: Hearth, host: str) -> httpx.Response:

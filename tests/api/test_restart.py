@@ -38,7 +38,7 @@ def test_sandbox_survives_server_restart(container_data_dir, monkeypatch):
             " done' >/dev/null 2>&1 &"
         )
     finally:
-        server.stop()
+        assert server.stop(), "hearth serve did not stop"
 
     # Same port, so the SDK's URLs stay valid; same data dir, so the same store and node.
     server, _ = serve_containers(data_dir, running.port)
@@ -54,7 +54,7 @@ def test_sandbox_survives_server_restart(container_data_dir, monkeypatch):
         assert again.kill() is True
         assert sandbox.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()]
     finally:
-        server.stop()
+        assert server.stop(), "hearth serve did not stop"
     # Nothing of the sandbox is left: no network namespace pinned, no mount.
     netns = data_dir / "node" / "netns"
     assert not netns.exists() or list(netns.iterdir()) == []
