@@ -39,12 +39,30 @@ class SandboxNotFound(LookupError):
     pass
 
 
+class PauseNotSupported(RuntimeError):
+    """The runtime cannot pause this sandbox (the message says why and what to use)."""
+
+
 class Node(Protocol):
     async def create(self, spec: SandboxSpec) -> SandboxAddress:
         """Start a sandbox; returns once envd answers /health and /init was applied."""
 
     async def kill(self, sandbox_id: str) -> bool:
-        """Stop a sandbox and release everything it holds; False if unknown."""
+        """Stop a sandbox, running or paused, and release everything it holds (its
+        paused state on disk included); False if unknown."""
+
+    async def pause(self, sandbox_id: str, *, memory: bool = True) -> bool:
+        """Pause a running sandbox. Returns True when its memory was kept (a resume
+        continues its processes), False for a filesystem-only pause (a resume boots it
+        again over the same files). SandboxNotFound if it is not running here."""
+
+    async def resume(self, spec: SandboxSpec) -> SandboxAddress:
+        """Resume the paused sandbox `spec.sandbox_id` (same id, same envd access
+        token); returns once envd answers. SandboxNotFound if it is not paused here."""
+
+    async def paused(self) -> dict[str, bool]:
+        """The sandboxes paused on this node, each with whether its memory was kept
+        (for reconcile: a memory pause may become filesystem-only across a restart)."""
 
     def address(self, sandbox_id: str) -> SandboxAddress | None:
         """Where a running sandbox is reached, or None."""
