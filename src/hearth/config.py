@@ -19,6 +19,9 @@ class Settings:
     data_dir: Path
     # SQLAlchemy URL of the store: SQLite (default, in data_dir) or PostgreSQL.
     database_url: str
+    # Which runtime runs sandboxes: "auto" (microvm where the host has hardware
+    # virtualization, else container), "microvm", "container" or "isolated".
+    runtime: str = "auto"
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -28,5 +31,8 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     data_dir = Path(env.get("HEARTH_DATA_DIR") or "/var/lib/hearth").expanduser()
     database_url = env.get("HEARTH_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir}/hearth.db"
     return Settings(
-        cache_dir=Path(cache_dir).expanduser(), data_dir=data_dir, database_url=database_url
+        cache_dir=Path(cache_dir).expanduser(),
+        data_dir=data_dir,
+        database_url=database_url,
+        runtime=(env.get("HEARTH_RUNTIME") or "auto").strip().lower(),
     )
