@@ -16,6 +16,7 @@ test: setup envd-bundle
 	uv run ruff check .
 	uv run ruff format --check .
 	uv run hearth template build-base
+	uv run hearth template build-code-interpreter
 	uv run pytest -q
 
 lint:
@@ -35,3 +36,4 @@ envd-bundle: setup
 bench: setup envd-bundle
 	uv run python bench/envd.py
 	uv run python bench/sandbox.py
+	uv run python bench/interpreter.py

@@ -9,7 +9,10 @@ at it with the environment of spec §1.6 recipe A, and measures with template `b
 1. create -> first command output: `Sandbox.create()` then `commands.run("echo ok")`,
    N sequential runs (each killed after), with the split and where create time goes
    (probes wrapped around the server's own functions in this process: API handler,
-   node, network slot, launcher + OCI runtime, envd start, /init);
+   node, network slot, launcher + OCI runtime, envd start, /init); twice: pooled (the
+   server keeps the warm pool HEARTH_POOL_SIZE asks for, as `hearth serve` does, and
+   each create waits for it to be full) and cold (a create without internet, which no
+   pooled sandbox fits);
 2. a burst of 20 concurrent creates, wall time until all are ready (median of 3);
 3. host memory per idle sandbox (MemAvailable drop, PSS of its processes, its cgroup);
 4. capacity: idle sandboxes created one after another until 400, the first failure, or
@@ -187,6 +190,7 @@ class Probes:
         self._wrap_async(Store, "record_template_spawn", "spawned")
         self._wrap_async(Store, "add_event", "event")
         self._wrap_async(local.LocalNode, "create", "node", sandbox_id=True)
+        self._mark_pooled()
         self._wrap_sync(local, "ensure_root", "root")
         self._wrap_sync(slots.NetworkPool, "acquire", "slot")
         self._wrap_sync(slots._netns, "create_pinned", "netns")
@@ -268,6 +272,25 @@ class Probes:
 
         self._patch(owner, name, wrapper)
 
+    def _mark_pooled(self) -> None:
+        """`claim` (ms) and `pooled` (1 or 0): whether the create took a warm-pool member."""
+        from hearth.node.pool import WarmPool
+
+        orig = WarmPool.take
+
+        @functools.wraps(orig)
+        async def wrapper(*args: object, **kwargs: object) -> object:
+            record = _probe.get()
+            t = time.perf_counter()
+            result = await orig(*args, **kwargs)
+            if record is not None:
+                record["pooled"] = float(result is not None)
+                if result is not None:
+                    record["claim"] = time.perf_counter() - t
+            return result
+
+        self._patch(WarmPool, "take", wrapper)
+
     def _mark_pid_file(self, container_cls: type) -> None:
         """The moment the node first sees the OCI runtime's pid file (the container and
         its init exist); the node looks each ~5 ms while it waits for /health."""
@@ -299,6 +322,7 @@ PHASES = (
     ("  of which: count running (team limit)", lambda r, c: r["count"]),
     ("  of which: insert the sandbox", lambda r, c: r["insert"]),
     ("  of which: spawn count + created event", lambda r, c: r["spawned"] + r["event"]),
+    ("node: claim a pooled sandbox (checks, /init, record)", lambda r, c: r["claim"]),
     ("node: template root lookup (ensure_root)", lambda r, c: r["root"]),
     ("node: network slot (NetworkPool.acquire)", lambda r, c: r["slot"]),
     ("  of which: netns, veth pair, addresses", lambda r, c: r["netns"]),
@@ -357,12 +381,17 @@ class Bench:
     api_key: str
     tracker: Tracker = field(default_factory=Tracker)
     keys: list[str] = field(default_factory=list)  # extra teams' keys (capacity)
+    # API id -> the node's own id (a sandbox claimed from the warm pool keeps the
+    # pool member's id for its directory, container and cgroups).
+    own_ids: dict[str, str] = field(default_factory=dict)
+    pool: int = 0  # pool members of every template when all pools are full
+    node: object | None = None  # the server's LocalNode (`Running.app.state.node`)
 
-    def create(self, key: str | None = None):
+    def create(self, key: str | None = None, **options: object):
         from e2b import Sandbox
 
         key = key or self.api_key
-        sbx = Sandbox.create(TEMPLATE, timeout=SANDBOX_TIMEOUT, api_key=key)
+        sbx = Sandbox.create(TEMPLATE, timeout=SANDBOX_TIMEOUT, api_key=key, **options)
         self.tracker.add(sbx.sandbox_id, key)
         return sbx
 
@@ -404,11 +433,63 @@ class Bench:
 
     # --- what a sandbox holds on the host ---------------------------------------------
 
+    @staticmethod
+    def listdir(path: Path) -> list[str]:
+        return sorted(os.listdir(path)) if path.is_dir() else []
+
     def sandbox_dirs(self) -> list[str]:
         d = self.data_dir / "node" / "sandboxes"
         return sorted(os.listdir(d)) if d.is_dir() else []
 
+    def records(self) -> dict[str, dict]:
+        """The node's sandbox records, by the sandbox's own id."""
+        found = {}
+        for name in self.sandbox_dirs():
+            with contextlib.suppress(OSError, ValueError):
+                path = self.data_dir / "node" / "sandboxes" / name / "record.json"
+                found[name] = json.loads(path.read_text())
+        return found
+
+    def own_id(self, sandbox_id: str) -> str:
+        if sandbox_id not in self.own_ids:
+            claimed = [n for n, r in self.records().items() if r.get("claimed_as") == sandbox_id]
+            self.own_ids[sandbox_id] = claimed[0] if claimed else sandbox_id
+        return self.own_ids[sandbox_id]
+
+    def waiting(self) -> int:
+        """Pool members ready and not claimed."""
+        node = self.node
+        if node is not None:
+            for _ in range(10):  # the server's thread may change the dict meanwhile
+                with contextlib.suppress(RuntimeError):
+                    return sum(node.pooled().values())  # type: ignore[attr-defined]
+        return sum(
+            1
+            for r in self.records().values()
+            if r.get("pooled") and not r.get("claimed_as") and r.get("monitor_pid")
+        )
+
+    def wait_pool(self, timeout: float = 300) -> bool:
+        """Wait (bounded) until every pool is full; False if they did not fill."""
+        deadline = time.monotonic() + timeout
+        while self.waiting() < self.pool:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def fill_pools(self) -> None:
+        """Wait for the server's warm pools to fill before anything is measured."""
+        t = time.perf_counter()
+        filled = self.wait_pool()
+        print(
+            f"warm pools {'full' if filled else 'NOT full'} after"
+            f" {time.perf_counter() - t:.1f} s: {self.waiting()} sandboxes",
+            flush=True,
+        )
+
     def monitor_pid(self, sandbox_id: str) -> int | None:
+        sandbox_id = self.own_id(sandbox_id)
         try:
             path = self.data_dir / "node" / "sandboxes" / sandbox_id / "record.json"
             return json.loads(path.read_text()).get("monitor_pid")
@@ -503,11 +584,16 @@ def all_mount_tables() -> str:
 def leftovers(bench: Bench, ids: set[str], monitors: set[int]) -> dict[str, list]:
     """What of these sandboxes exists on the host now (empty: all gone)."""
     node = bench.data_dir / "node"
+    ids = {bench.own_ids.get(s, s) for s in ids}
+    # The warm pool's sandboxes waiting to be claimed are the server's, not leftovers.
+    pool = {n: r for n, r in bench.records().items() if r.get("pooled") and not r["claimed_as"]}
+    slots = {str(r["slot_index"]) for r in pool.values()}
+    pooled = [f"/sandboxes/{n}" for n in pool] + [f"/netns/{i} " for i in slots]
     found = {
         "API lists": [s for s, _ in bench.listed() if s in ids],
         "sandbox dirs": [d for d in bench.sandbox_dirs() if d in ids],
-        "runtime state": sorted(os.listdir(node / "oci")) if (node / "oci").is_dir() else [],
-        "netns pins": sorted(os.listdir(node / "netns")) if (node / "netns").is_dir() else [],
+        "runtime state": [n for n in bench.listdir(node / "oci") if n not in pool],
+        "netns pins": [n for n in bench.listdir(node / "netns") if n not in slots],
         "cgroups": sorted(
             p
             for s in ids
@@ -515,7 +601,11 @@ def leftovers(bench: Bench, ids: set[str], monitors: set[int]) -> dict[str, list
             + glob.glob(f"/sys/fs/cgroup/{CGROUP_PARENT}/{s}")
         ),
         "monitor processes": sorted(p for p in monitors if Path(f"/proc/{p}").exists()),
-        "mounts": [line for line in all_mount_tables().splitlines() if str(node) in line],
+        "mounts": [
+            line
+            for line in all_mount_tables().splitlines()
+            if str(node) in line and not any(p in line for p in pooled)
+        ],
     }
     return {k: v for k, v in found.items() if v}
 
@@ -548,8 +638,15 @@ class Series:
         return [self.what, str(len(self.samples)), f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", aim]
 
 
-def bench_latency(bench: Bench, probes: Probes, runs: int, warmup: int) -> dict[str, object]:
-    total = Series('Sandbox.create() + commands.run("echo ok")')
+def bench_latency(
+    bench: Bench, probes: Probes, runs: int, warmup: int, pool: int
+) -> dict[str, object]:
+    """With `pool` > 0, each create waits for the warm pool to be full first and takes a
+    pooled sandbox; with 0, each asks for no internet, which no pooled sandbox fits, so
+    it starts cold (the same work as a create on a node without a pool)."""
+    label = "pooled" if pool else "cold"
+    options = {} if pool else {"allow_internet_access": False}
+    total = Series(f'{label}: Sandbox.create() + commands.run("echo ok")')
     create = Series("  Sandbox.create() alone")
     first = Series('  first commands.run("echo ok")')
     second = Series('  second commands.run("echo ok") (warm, for reference)')
@@ -557,18 +654,21 @@ def bench_latency(bench: Bench, probes: Probes, runs: int, warmup: int) -> dict[
     records: list[tuple[dict[str, float], float]] = []
     cpu = {"self": [], "monitor": [], "sandbox": []}  # CPU ms per create + first run
     wrong = 0
-    print(f"\n[1] create -> first output: {warmup} warm-up + {runs} runs", flush=True)
+    claimed = 0
+    print(f"\n[1] create -> first output, {label}: {warmup} warm-up + {runs} runs", flush=True)
     for i in range(warmup + runs):
+        if pool and not bench.wait_pool():
+            print("  the pool did not fill: this create may start cold", flush=True)
         c0 = self_cpu_s()
         t0 = time.perf_counter()
-        sbx = bench.create()
+        sbx = bench.create(**options)
         t1 = time.perf_counter()
         out = sbx.commands.run("echo ok")
         t2 = time.perf_counter()
         c1 = self_cpu_s()
         monitor = bench.monitor_pid(sbx.sandbox_id)
         c_monitor = process_cpu_s(monitor) if monitor else 0.0
-        c_sandbox = cgroup_cpu_s(sbx.sandbox_id)
+        c_sandbox = cgroup_cpu_s(bench.own_id(sbx.sandbox_id))
         sbx.commands.run("echo ok")
         t3 = time.perf_counter()
         bench.kill(sbx.sandbox_id)
@@ -587,6 +687,7 @@ def bench_latency(bench: Bench, probes: Probes, runs: int, warmup: int) -> dict[
         cpu["sandbox"].append(c_sandbox * 1000)
         if record := probes.by_id.pop(sbx.sandbox_id, None):
             records.append((record, t1 - t0))
+            claimed += int(record.get("pooled", 0))
         done = i + 1 - warmup
         if done % max(runs // 5, 1) == 0:
             print(f"  {done}/{runs}: last {total.samples[-1]:.0f} ms", flush=True)
@@ -604,7 +705,10 @@ def bench_latency(bench: Bench, probes: Probes, runs: int, warmup: int) -> dict[
         kill.cells(),
     ]
     print_table(
-        "Create -> first command output (ms)", ["what", "n", "p50", "p95", "p99", "aim"], rows
+        f"Create -> first command output, {label} ({claimed}/{len(records)} creates took"
+        " a pooled sandbox) (ms)",
+        ["what", "n", "p50", "p95", "p99", "aim"],
+        rows,
     )
     if wrong:
         print(f"  WARNING: {wrong} first runs did not print 'ok'", flush=True)
@@ -625,7 +729,10 @@ def bench_latency(bench: Bench, probes: Probes, runs: int, warmup: int) -> dict[
             Series("launcher + crun (the monitor process, so far)", cpu["monitor"]).cells(),
             Series("the sandbox's cgroup: envd start, /init, the command", cpu["sandbox"]).cells(),
             Series("total", cpu_total).cells(
-                f"so {BURST} creates need >= {BURST * statistics.median(cpu_total) / ncpu:.0f}"
+                "pooled: the launcher's and most of the sandbox's CPU went before the"
+                " create, while it waited in the pool"
+                if pool
+                else f"so {BURST} creates need >= {BURST * statistics.median(cpu_total) / ncpu:.0f}"
                 f" ms of wall time on {ncpu} CPUs"
                 if cpu_total
                 else ""
@@ -756,6 +863,7 @@ def bench_burst(bench: Bench, probes: Probes, bursts: int, size: int) -> float:
     records: list[tuple[dict[str, float], float]] = []
     for b in range(bursts):
         probes.by_id.clear()
+        bench.wait_pool()
         busy0, total0 = cpu_busy()
         self0 = self_cpu_s()
         wall, made, errors = one_burst(bench, size)
@@ -763,16 +871,17 @@ def bench_burst(bench: Bench, probes: Probes, bursts: int, size: int) -> float:
         self1 = self_cpu_s()
         busy = 100 * (busy1 - busy0) / max(total1 - total0, 1)
         host_s = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
-        box_s = sum(cgroup_cpu_s(s) for s, _ in made)
+        box_s = sum(cgroup_cpu_s(bench.own_id(s)) for s, _ in made)
         mon_s = sum(process_cpu_s(m) for s, _ in made if (m := bench.monitor_pid(s)))
         records += [(probes.by_id[s], ms / 1000) for s, ms in made if s in probes.by_id]
+        pooled = sum(int(probes.by_id.get(s, {}).get("pooled", 0)) for s, _ in made)
         each = sorted(ms for _, ms in made)
         errs = bench.kill_all([(s, bench.api_key) for s, _ in made])
         walls.append(wall)
         rows.append(
             [
                 f"burst {b + 1}",
-                f"{len(made)}/{size}",
+                f"{len(made)}/{size} ({pooled} pooled)",
                 f"{wall:.0f}",
                 f"{statistics.median(each):.0f}" if each else "-",
                 f"{each[-1]:.0f}" if each else "-",
@@ -826,7 +935,7 @@ def sandbox_memory(bench: Bench, sandbox_id: str) -> dict[str, float]:
     """KiB: PSS of the processes in its cgroup, of its OCI runtime monitor, and its
     cgroup's memory usage."""
     out = {"pss": 0.0, "monitor": 0.0, "cgroup": 0.0}
-    cg = memory_cgroup(sandbox_id)
+    cg = memory_cgroup(bench.own_id(sandbox_id))
     if cg is not None:
         out["pss"] = float(sum(pss_kib(p) for p in cgroup_pids(cg)))
         out["cgroup"] = cgroup_usage(cg) / 1024
@@ -839,12 +948,14 @@ def bench_memory(bench: Bench, count: int) -> float:
     print(f"\n[3] idle memory: {count} sandboxes", flush=True)
     me = os.getpid()
     gc.collect()
+    bench.wait_pool()
     time.sleep(2)
     before_envd = envd_like_processes()
     avail0, rss0, kern0 = mem_available(), rss_kib(me), kernel_memory()
     ids = []
     for _ in range(count):
         ids.append(bench.create().sandbox_id)
+    bench.wait_pool()  # the pool as full as before: only the idle sandboxes are new
     time.sleep(3)  # idle: envd has settled after /init
     gc.collect()
     avail1, rss1, kern1 = mem_available(), rss_kib(me), kernel_memory()
@@ -1118,9 +1229,15 @@ def main(argv: list[str] | None = None) -> int:
     load_start = loadavg()
     print(f"load average at start: {load_start}", flush=True)
 
+    from hearth.config import settings
     from hearth.node.disk.rootfs import ensure_root
     from hearth.node.guest.envd_bundle import ensure_bundle
     from hearth.serve import ServeOptions, ServerThread
+
+    # As a user's `hearth serve` would: HEARTH_POOL_SIZE, else the default sizes.
+    pool_sizes = dict(settings().pool_sizes) if args.runtime == "container" else {}
+    print(f"warm pool: {pool_sizes or 'none'} (HEARTH_POOL_SIZE)", flush=True)
+    base_pool = pool_sizes.get(TEMPLATE, 0)
 
     t = time.perf_counter()
     print(f"ensuring the {TEMPLATE!r} root and envd bundle (a first build takes minutes)...")
@@ -1147,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
                     data_dir=data_dir,
                     database_url=database_url,
                     runtime=args.runtime,
+                    pool_sizes=pool_sizes,
                 )
             )
             running = server.start()
@@ -1157,14 +1275,24 @@ def main(argv: list[str] | None = None) -> int:
                 E2B_DOMAIN=running.domain,
             )
             print(f"hearth serve at {running.api_url}, data in {data_dir}", flush=True)
-            bench = Bench(args.runtime, data_dir, running.api_key)
+            bench = Bench(
+                args.runtime,
+                data_dir,
+                running.api_key,
+                pool=sum(pool_sizes.values()),
+                node=running.app.state.node,  # type: ignore[attr-defined]
+            )
+            bench.fill_pools()
             steps: list[tuple[str, Callable[[], object]]] = [
-                ("latency", lambda: bench_latency(bench, probes, runs, warmup)),
+                ("latency", lambda: bench_latency(bench, probes, runs, warmup, base_pool)),
+                ("latency_cold", lambda: bench_latency(bench, probes, runs, warmup, 0)),
                 ("burst", lambda: bench_burst(bench, probes, bursts, BURST)),
                 ("memory", lambda: bench_memory(bench, idle)),
                 ("capacity", lambda: bench_capacity(bench, database_url, cap)),
             ]
             for name, step in steps:
+                if name == "latency" and not base_pool:
+                    continue
                 try:
                     results[name] = step()
                 except Exception as e:  # noqa: BLE001 - a benchmark reports, goes on
@@ -1183,10 +1311,12 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(bench, server, data_dir, args.runtime)
 
     summary = []
-    if isinstance(lat := results.get("latency"), dict):
+    for name, label in (("latency", "pooled"), ("latency_cold", "cold")):
+        if not isinstance(lat := results.get(name), dict) or (name == "latency" and not base_pool):
+            continue
         summary.append(
             [
-                "create -> first output p50 / p99",
+                f"create -> first output p50 / p99, {label}",
                 f"{lat['p50']:.0f} / {lat['p99']:.0f} ms",
                 f"<= {AIMS['p50']:.0f} / {AIMS['p99']:.0f} ms",
                 f"{verdict(lat['p50'] <= AIMS['p50'])} / {verdict(lat['p99'] <= AIMS['p99'])}",

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from hearth.node.runtime import RUNTIMES
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -65,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         help="base domain of {port}-{id}.DOMAIN sandbox hosts (repeatable; the first is"
         " advertised; default: localhost:PORT)",
     )
-    serve.add_argument("--runtime", choices=("container", "isolated"), default="container")
+    serve.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="what runs sandboxes (default: HEARTH_RUNTIME, else auto: microvm where the"
+        " CPU has hardware virtualization, container elsewhere)",
+    )
     serve.add_argument("--proxy-port", type=int, help="also serve sandbox traffic alone here")
     serve.set_defaults(run=_serve)
 
@@ -99,6 +106,16 @@ def main(argv: list[str] | None = None) -> None:
         " `hearth serve` does this at its first start; the result is cached.",
     )
     build_base.set_defaults(run=_template_build_base)
+    build_interpreter = template_commands.add_parser(
+        "build-code-interpreter",
+        help="build (or check) the code-interpreter-v1 template's root",
+        description="Build the `code-interpreter-v1` template: the base template plus"
+        " Jupyter kernels (python, javascript/typescript on deno, bash, R), the data stack"
+        " (numpy, pandas, matplotlib, scipy, scikit-learn, ...) and Hearth's interpreter"
+        " server on port 49999, with progress. `hearth serve` builds it in the background"
+        " after base; the result is cached.",
+    )
+    build_interpreter.set_defaults(run=_template_build_code_interpreter)
 
     args = parser.parse_args(argv)
     sys.exit(args.run(args))
@@ -113,16 +130,34 @@ def _template_build_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _template_build_code_interpreter(args: argparse.Namespace) -> int:
+    from hearth.node.disk.rootfs import ensure_root
+    from hearth.node.guest.envd_bundle import ensure_bundle
+
+    print(ensure_bundle())
+    print(ensure_root("code-interpreter"))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from hearth.config import settings
+    from hearth.node.runtime import choose_runtime
     from hearth.serve import ServeOptions, main
 
+    try:
+        runtime = choose_runtime(args.runtime or settings().runtime)
+    except ValueError as e:  # a bad HEARTH_RUNTIME
+        print(f"hearth serve: {e}", file=sys.stderr)
+        return 2
+    print(f"hearth: runtime {runtime}", file=sys.stderr)
     options = ServeOptions(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
         domains=tuple(args.domain),
-        runtime=args.runtime,
+        runtime=runtime,
         proxy_port=args.proxy_port,
+        pool_sizes=settings().pool_sizes,
     )
     return main(options)
 

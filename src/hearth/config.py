@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# The warm pool's size per template (see `Settings.pool_sizes`): a plain create of
+# `base` and of the code interpreter finds a sandbox already running.
+DEFAULT_POOL_SIZES = {"base": 2, "code-interpreter-v1": 1}
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,11 @@ class Settings:
     # Which runtime runs sandboxes: "auto" (microvm where the host has hardware
     # virtualization, else container), "microvm", "container" or "isolated".
     runtime: str = "auto"
+    # Template id -> how many of its sandboxes `hearth serve` keeps started ahead of the
+    # creates (the container runtime's warm pool). HEARTH_POOL_SIZE: "0" disables it,
+    # "3" sets every template's, "base=4,code-interpreter-v1=0" sets some templates'
+    # (the others keep their default).
+    pool_sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_POOL_SIZES))
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -35,4 +44,25 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         runtime=(env.get("HEARTH_RUNTIME") or "auto").strip().lower(),
+        pool_sizes=_pool_sizes(env.get("HEARTH_POOL_SIZE") or ""),
     )
+
+
+def _pool_sizes(value: str) -> dict[str, int]:
+    sizes = dict(DEFAULT_POOL_SIZES)
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        template, _, count = part.rpartition("=")
+        try:
+            size = int(count)
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise ValueError(
+                f"HEARTH_POOL_SIZE: {part!r} is neither a count nor TEMPLATE=COUNT"
+                " (e.g. 0, or base=4,code-interpreter-v1=1)"
+            )
+        if template:
+            sizes[template.strip()] = size
+        else:
+            sizes = dict.fromkeys(sizes, size)
+    return sizes

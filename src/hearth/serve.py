@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,12 @@ log = logging.getLogger(__name__)
 
 # The templates every installation has: what `Sandbox.create()` asks for by default.
 DEFAULT_TEMPLATE = "base"  # what `Sandbox.create()` asks for without a template
-BUILTIN_TEMPLATES = (DEFAULT_TEMPLATE,)
+# What e2b-code-interpreter's `Sandbox.create()` asks for; its root is built in the
+# background once base is ready, and a create that comes first waits for it.
+CODE_INTERPRETER_TEMPLATE = "code-interpreter-v1"
+BUILTIN_TEMPLATES = (DEFAULT_TEMPLATE, CODE_INTERPRETER_TEMPLATE)
+# Template id -> the node's root kind, for the built-in templates that are not one.
+BUILTIN_ROOTS = {CODE_INTERPRETER_TEMPLATE: "code-interpreter"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class ServeOptions:
     proxy_port: int | None = None  # an extra proxy-only listener
     database_url: str | None = None  # default: SQLite in data_dir
     max_timeout: int = 24 * 3600
+    # Template id -> sandboxes kept started ahead of its creates (the node's warm pool,
+    # container runtime). Empty: none; the command line passes HEARTH_POOL_SIZE's.
+    pool_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,12 +100,15 @@ async def serve(
         stack.enter_context(_signals_set(stop))
         _, api_key = await store.ensure_default_team()
         await _ensure_templates(store)
+        building: asyncio.Task[bool] | None = None
         if node is None:
             node = await _start_node(options, data_dir)
-        # Container sandboxes outlive a restart of the server and are adopted by the
-        # next start; other runtimes' sandboxes cannot, so they are stopped.
+            building = asyncio.create_task(_prepare(node, CODE_INTERPRETER_TEMPLATE))
+            stack.callback(building.cancel)
+        # Container and microVM sandboxes outlive a restart of the server and are
+        # adopted by the next start; isolated ones cannot, so they are stopped.
         detach = getattr(node, "detach", None)
-        keep = options.runtime == "container" and detach is not None
+        keep = options.runtime in ("container", "microvm") and detach is not None
         stack.push_async_callback(detach if keep else node.close)
 
         public = listen(options.host, options.port)
@@ -142,6 +153,10 @@ async def serve(
         )
         if started is not None:
             started(running)
+        if building is not None and any(options.pool_sizes.values()):
+            # After the start and behind the builds: the pool only speeds up creates.
+            warming = asyncio.create_task(_warm(node, store, options.pool_sizes, building))
+            stack.callback(warming.cancel)
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, api_task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -172,7 +187,7 @@ async def _ensure_templates(store: Store) -> None:
                 name,
                 team_id=None,
                 cpu_count=2,
-                memory_mb=512,
+                memory_mb=1024 if name == CODE_INTERPRETER_TEMPLATE else 512,
                 disk_size_mb=2048,
                 envd_version=ENVD_VERSION,
                 aliases=[name],
@@ -184,7 +199,11 @@ async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
     """The in-process node, started (and so reconciled) before the API reconciles."""
     from hearth.node.local import LocalNode
 
-    node = LocalNode(data_dir / "node", runtime=options.runtime)  # type: ignore[arg-type]
+    node = LocalNode(
+        data_dir / "node",
+        runtime=options.runtime,  # type: ignore[arg-type]
+        templates=BUILTIN_ROOTS,  # type: ignore[arg-type]
+    )
     try:
         await node.start()
         # The default template's root is built before the first request, with progress
@@ -194,6 +213,40 @@ async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
         await node.close()
         raise
     return node
+
+
+async def _prepare(node: Node, template_id: str) -> bool:
+    """Build a template's root in the background, logging (not raising) a failure: a
+    create of that template tries again and reports it. True once built."""
+    try:
+        await node.prepare(template_id)  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001
+        log.error("building the %s template failed: %s", template_id, e)
+        return False
+    return True
+
+
+async def _warm(
+    node: Node, store: Store, sizes: Mapping[str, int], building: asyncio.Task[bool]
+) -> None:
+    """Start the node's warm pools with the templates' default resources, each once
+    its root is built: base's is, the code interpreter's once `building` succeeds."""
+    warm = getattr(node, "warm", None)
+    if warm is None:
+        return
+    for template_id, size in sizes.items():
+        template = await store.find_template(template_id)
+        if size <= 0 or template is None:
+            continue
+        if template_id == CODE_INTERPRETER_TEMPLATE and not await asyncio.shield(building):
+            continue
+        defaults = ApiSettings()
+        await warm(
+            template_id,
+            cpu_count=template.cpu_count or defaults.cpu_count,
+            memory_mb=template.memory_mb or defaults.memory_mb,
+            size=size,
+        )
 
 
 class _Uvicorn(uvicorn.Server):

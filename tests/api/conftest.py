@@ -149,13 +149,21 @@ def container_data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def serve_containers(data_dir: Path, port: int = 0) -> tuple[ServerThread, Hearth]:
-    """`hearth serve --runtime container` in a thread; returns it and how to reach it."""
+def serve_containers(
+    data_dir: Path, port: int = 0, pool_sizes: dict[str, int] | None = None
+) -> tuple[ServerThread, Hearth]:
+    """`hearth serve --runtime container` in a thread; returns it and how to reach it.
+    No warm pool unless `pool_sizes` asks for one (other tests count every sandbox)."""
     from hearth.serve import ServeOptions
 
     url = f"sqlite:///{data_dir}/hearth.db"
     options = ServeOptions(
-        host="127.0.0.1", port=port, data_dir=data_dir, database_url=url, runtime="container"
+        host="127.0.0.1",
+        port=port,
+        data_dir=data_dir,
+        database_url=url,
+        runtime="container",
+        pool_sizes=pool_sizes or {},
     )
     server = ServerThread(options)
     running = server.start()

@@ -73,7 +73,7 @@ def test_prints_recipe_a_and_keeps_its_key(tmp_path: Path) -> None:
         _stop(again)
 
 
-@pytest.mark.parametrize("flag", ["--runtime=microvm", "--port=notaport"])
+@pytest.mark.parametrize("flag", ["--runtime=nosuchruntime", "--port=notaport"])
 def test_rejects_bad_options(flag: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hearth.cli", "serve", flag], capture_output=True, text=True

@@ -21,7 +21,8 @@ def create_app(store: Store, node: Node, settings: ApiSettings | None = None) ->
     """The E2B control-plane API over `store` and `node`.
 
     On start it reconciles the store with what the node runs and starts the reaper,
-    which kills sandboxes at their end; `live_sandboxes(app)` is what the proxy routes by.
+    which kills (or, with autoPause, pauses) sandboxes at their end; `live_sandboxes(app)`
+    is what the proxy routes by.
     """
     settings = settings or ApiSettings()
     live = LiveSandboxes(node)

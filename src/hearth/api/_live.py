@@ -1,8 +1,9 @@
-"""The running sandboxes this API knows, kept in memory for the proxy to route by."""
+"""The running sandboxes this API knows, kept in memory for the proxy to route by, and
+the paused ones that traffic resumes (autoResume)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from hearth.node.interface import Node, SandboxAddress
@@ -35,15 +36,34 @@ class LiveSandboxes:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._access: dict[str, _Access] = {}
+        # Paused sandboxes that traffic resumes: id -> team id, for `resumer`.
+        self._wakeable: dict[str, str] = {}
+        # Resumes a paused sandbox of a team (set by the API); True once it runs.
+        self.resumer: Callable[[str, str], Awaitable[bool]] | None = None
 
     def add(self, sandbox: Sandbox) -> None:
         mask = (sandbox.network or {}).get("maskRequestHost")
+        self._wakeable.pop(sandbox.sandbox_id, None)
         self._access[sandbox.sandbox_id] = _Access(
             sandbox.envd_access_token, sandbox.traffic_access_token, mask or None
         )
 
+    def add_paused(self, sandbox: Sandbox) -> None:
+        """A paused sandbox that the next request to it resumes (autoResume)."""
+        self._access.pop(sandbox.sandbox_id, None)
+        self._wakeable[sandbox.sandbox_id] = sandbox.team_id
+
     def remove(self, sandbox_id: str) -> None:
         self._access.pop(sandbox_id, None)
+        self._wakeable.pop(sandbox_id, None)
+
+    async def wake(self, sandbox_id: str) -> bool:
+        """Resume a paused sandbox with autoResume (concurrent requests resume it once);
+        True if it runs now, False if it is not one to resume."""
+        team_id = self._wakeable.get(sandbox_id)
+        if team_id is None or self.resumer is None:
+            return False
+        return await self.resumer(team_id, sandbox_id)
 
     def __contains__(self, sandbox_id: object) -> bool:
         return sandbox_id in self._access

@@ -1,9 +1,15 @@
-"""Sandbox lifecycle as the API runs it: create, find, extend, kill, and the reaper.
+"""Sandbox lifecycle as the API runs it: create, find, extend, pause, resume, kill, and
+the reaper.
 
 The store says what exists and until when; the node runs it; `LiveSandboxes` tells the
 proxy. A kill is decided by one conditional write in the store (so a kill racing the
 reaper or another kill happens once), then the proxy forgets the sandbox, then the
 node tears it down.
+
+Pause, resume and kill of one sandbox take its lock, one at a time: a connect that
+arrives during a pause waits for it and then resumes, concurrent connects resume once
+(the first 201, the rest 200, none before the sandbox answers), and pauses that arrive
+while one is under way share its outcome (all 204).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import httpx
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
 from hearth.api._settings import ApiSettings
-from hearth.node.interface import Node, SandboxSpec
+from hearth.node.interface import Node, PauseNotSupported, SandboxNotFound, SandboxSpec
 from hearth.store import Sandbox, SandboxState, Store, Team, Template
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ ID_LENGTH = 20
 _IDEMPOTENCY_KEY = re.compile(r"[a-z0-9-]{1,255}")
 IDEMPOTENCY_TTL = 600.0
 DEFAULT_TAGS = ("default", "latest")
+# An auto-resume runs for the create-time timeout, or this long if there was none.
+AUTO_RESUME_TIMEOUT = 300
 
 
 def new_sandbox_id() -> str:
@@ -60,6 +68,7 @@ class CreateRequest:
     public_traffic: bool = True
     auto_pause: bool = False
     auto_resume: bool = False
+    auto_pause_memory: bool = True
     network: dict[str, Any] | None = None
 
 
@@ -77,6 +86,9 @@ class Sandboxes:
         self._idempotent: dict[tuple[str, str], tuple[float, asyncio.Future[Sandbox]]] = {}
         self._wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pausing: dict[str, asyncio.Future[None]] = {}
+        live.resumer = self.auto_resume
 
     # --- create ------------------------------------------------------------------------
 
@@ -117,7 +129,7 @@ class Sandboxes:
                 " secure envd access via 'secure' flag.",
             )
         template, alias = await self._template(team, request.template)
-        async with self._reserve(team):
+        async with self._reserve(team.id):
             sandbox_id = new_sandbox_id()
             envd_token = secrets.token_urlsafe(32) if request.secure else None
             traffic_token = None if request.public_traffic else secrets.token_urlsafe(32)
@@ -156,6 +168,9 @@ class Sandboxes:
                     allow_internet=request.allow_internet,
                     auto_pause=request.auto_pause,
                     auto_resume=request.auto_resume,
+                    auto_pause_memory=request.auto_pause_memory,
+                    timeout=request.timeout,
+                    env_vars=request.env_vars,
                     network=request.network,
                     node_id=self._settings.node_id,
                 )
@@ -169,12 +184,13 @@ class Sandboxes:
         return sandbox
 
     @contextlib.asynccontextmanager
-    async def _reserve(self, team: Team) -> AsyncIterator[None]:
-        """Hold a place in the team's concurrency limit while its sandbox starts."""
+    async def _reserve(self, team_id: str) -> AsyncIterator[None]:
+        """Hold a place in the team's concurrency limit while its sandbox starts (or
+        resumes)."""
         limit = self._settings.max_concurrent
-        async with self._team_locks[team.id]:
+        async with self._team_locks[team_id]:
             if limit:
-                running = await self._store.count_running(team.id) + self._starting[team.id]
+                running = await self._store.count_running(team_id) + self._starting[team_id]
                 if running >= limit:
                     raise ApiError(
                         429,
@@ -182,11 +198,11 @@ class Sandboxes:
                         f" ({limit}). If you need more, please visit"
                         f" 'https://e2b.dev/docs/billing'",
                     )
-            self._starting[team.id] += 1
+            self._starting[team_id] += 1
         try:
             yield
         finally:
-            self._starting[team.id] -= 1
+            self._starting[team_id] -= 1
 
     async def _template(self, team: Team, name: str) -> tuple[Template, str | None]:
         """The template `name` (an id or alias, optionally `:tag`) and the alias to report."""
@@ -275,25 +291,183 @@ class Sandboxes:
         if sandbox is None:
             raise sandbox_not_found(sandbox_id)
 
-    async def connect(self, team: Team, sandbox_id: str, seconds: int) -> Sandbox:
-        """A running sandbox's details, its end extended (never shortened) to now + seconds."""
+    async def connect(
+        self, team: Team, sandbox_id: str, seconds: int, memory: bool | None = None
+    ) -> tuple[Sandbox, bool]:
+        """A running sandbox's details, its end extended (never shortened) to now +
+        seconds; a paused one is resumed first. Returns it and whether it was resumed."""
         self._check_timeout(seconds)
-        sandbox = await self.get(team, sandbox_id)
-        if sandbox.state is SandboxState.PAUSED:
-            raise ApiError(409, f"Sandbox {sandbox_id} is paused and cannot be resumed here")
-        if self._node.address(sandbox_id) is None:
-            # The node lost it (a crash): say so once, and forget it.
-            await self.kill(team.id, sandbox_id)
-            raise sandbox_not_found(sandbox_id)
-        extended = await self._store.set_end_at(
-            sandbox_id, now() + timedelta(seconds=seconds), team_id=team.id, only_extend=True
-        )
+        async with self._lock(sandbox_id):
+            sandbox = await self.get(team, sandbox_id)
+            if sandbox.state is SandboxState.PAUSED:
+                return await self._resume(sandbox, seconds, memory), True
+            if self._node.address(sandbox_id) is None:
+                # The node lost it (a crash): say so once, and forget it.
+                await self._kill(team.id, sandbox_id, "lost")
+                raise sandbox_not_found(sandbox_id)
+            extended = await self._store.set_end_at(
+                sandbox_id, now() + timedelta(seconds=seconds), team_id=team.id, only_extend=True
+            )
         if extended is None:
             raise sandbox_not_found(sandbox_id)
-        return extended
+        return extended, False
+
+    async def resume(
+        self, team: Team, sandbox_id: str, seconds: int, memory: bool | None = None
+    ) -> Sandbox:
+        """The deprecated `POST .../resume`: 409 unless the sandbox is paused."""
+        self._check_timeout(seconds)
+        async with self._lock(sandbox_id):
+            sandbox = await self.get(team, sandbox_id)
+            if sandbox.state is not SandboxState.PAUSED:
+                raise ApiError(409, f"Sandbox {sandbox_id} is already running")
+            return await self._resume(sandbox, seconds, memory)
+
+    async def auto_resume(self, team_id: str, sandbox_id: str) -> bool:
+        """Resume a paused sandbox that traffic reached, if its autoResume says so and
+        its memory was kept (a filesystem-only pause is resumed only by connect)."""
+        async with self._lock(sandbox_id):
+            sandbox = await self._store.get_sandbox(team_id, sandbox_id)
+            if sandbox is None:
+                return False
+            if sandbox.state is SandboxState.RUNNING:
+                return True  # a request that waited for another's resume
+            if not (sandbox.auto_resume and sandbox.pause_memory):
+                return False
+            try:
+                await self._resume(sandbox, sandbox.timeout or AUTO_RESUME_TIMEOUT, None)
+            except ApiError as e:
+                log.warning("auto-resume of %s failed: %s", sandbox_id, e.message)
+                return False
+            return True
+
+    async def _resume(self, sandbox: Sandbox, seconds: int, memory: bool | None) -> Sandbox:
+        """Resume a paused sandbox (its lock held): same id, same envd token, envVars set
+        again; running for `seconds` from now. A memory pause resumes its processes
+        unless `memory` is False (the SDK's `on_resume="reboot"`): then it boots again
+        over its files, as a filesystem-only pause does."""
+        sandbox_id = sandbox.sandbox_id
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            template_id=sandbox.template_id,
+            cpu_count=sandbox.cpu_count,
+            memory_mb=sandbox.memory_mb,
+            env_vars=dict(sandbox.env_vars or {}),
+            envd_access_token=sandbox.envd_access_token,
+            allow_internet=sandbox.allow_internet is not False,
+            metadata=dict(sandbox.metadata),
+        )
+        try:
+            async with self._reserve(sandbox.team_id):
+                await self._node.resume(spec)
+                if memory is False and sandbox.pause_memory:
+                    await self._reboot(spec)
+        except SandboxNotFound:
+            # The node no longer holds it (its files are gone): it cannot come back.
+            await self._kill(sandbox.team_id, sandbox_id, "lost")
+            raise sandbox_not_found(sandbox_id) from None
+        except ApiError:
+            raise  # 429: the team's limit
+        except Exception as e:
+            log.exception("node failed to resume sandbox %s", sandbox_id)
+            raise ApiError(500, f"Failed to resume sandbox: {e}") from e
+        resumed = await self._store.set_sandbox_state(
+            sandbox_id,
+            SandboxState.RUNNING,
+            expected=[SandboxState.PAUSED],
+            end_at=now() + timedelta(seconds=seconds),
+        )
+        if resumed is None:
+            raise sandbox_not_found(sandbox_id)
+        self._live.add(resumed)
+        with contextlib.suppress(Exception):
+            await self._event(resumed, "sandbox.resumed", {"memory": bool(sandbox.pause_memory)})
+        return resumed
+
+    async def _reboot(self, spec: SandboxSpec) -> None:
+        """Drop what a memory pause kept: pause the just-resumed sandbox to its files
+        and boot it again from them (where the runtime has files to pause to)."""
+        try:
+            await self._node.pause(spec.sandbox_id, memory=False)
+        except PauseNotSupported as e:
+            log.info("sandbox %s resumes with its memory: %s", spec.sandbox_id, e)
+            return
+        await self._node.resume(spec)
+
+    async def pause(
+        self,
+        team_id: str,
+        sandbox_id: str,
+        *,
+        memory: bool = True,
+        expired: bool = False,
+    ) -> None:
+        """Pause a running sandbox: 409 if it is paused already, 404 if there is none
+        such. Pauses that arrive while one is under way end with it. `expired`: the
+        reaper's auto-pause, skipped if the sandbox's end moved meanwhile."""
+        under_way = self._pausing.get(sandbox_id)
+        if under_way is not None:
+            if await self._store.get_sandbox(team_id, sandbox_id) is None:
+                raise sandbox_not_found(sandbox_id)
+            await asyncio.shield(under_way)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pausing[sandbox_id] = done
+        try:
+            async with self._lock(sandbox_id):
+                await self._pause(team_id, sandbox_id, memory, expired)
+        except BaseException as e:
+            done.set_exception(e if isinstance(e, Exception) else ApiError(500, "cancelled"))
+            done.exception()  # retrieved: no warning when nobody joined
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            del self._pausing[sandbox_id]
+
+    async def _pause(self, team_id: str, sandbox_id: str, memory: bool, expired: bool) -> None:
+        sandbox = await self._store.get_sandbox(team_id, sandbox_id)
+        if sandbox is None:
+            raise sandbox_not_found(sandbox_id)
+        if sandbox.state is SandboxState.PAUSED:
+            raise ApiError(409, f"Sandbox {sandbox_id} is already paused")
+        if expired and sandbox.end_at > now():
+            return  # extended since the reaper looked
+        # The proxy stops routing to it first: nothing reaches a half-paused sandbox.
+        self._live.remove(sandbox_id)
+        try:
+            kept = await self._node.pause(sandbox_id, memory=memory)
+        except SandboxNotFound:
+            await self._kill(team_id, sandbox_id, "lost")
+            raise sandbox_not_found(sandbox_id) from None
+        except PauseNotSupported as e:
+            self._live.add(sandbox)
+            raise ApiError(501, str(e)) from e
+        except Exception as e:
+            self._live.add(sandbox)
+            log.exception("node failed to pause sandbox %s", sandbox_id)
+            raise ApiError(500, f"Failed to pause sandbox: {e}") from e
+        paused = await self._store.set_sandbox_state(
+            sandbox_id, SandboxState.PAUSED, expected=[SandboxState.RUNNING], pause_memory=kept
+        )
+        if paused is None:  # cannot happen while the lock is held; be safe anyway
+            await self._node.kill(sandbox_id)
+            raise sandbox_not_found(sandbox_id)
+        if paused.auto_resume and kept:
+            self._live.add_paused(paused)
+        with contextlib.suppress(Exception):
+            await self._event(paused, "sandbox.paused", {"memory": kept})
 
     async def kill(self, team_id: str | None, sandbox_id: str, reason: str = "killed") -> bool:
-        """Kill a live sandbox (of `team_id`, unless None); False if there is none such."""
+        """Kill a live sandbox, running or paused (of `team_id`, unless None); False if
+        there is none such."""
+        async with self._lock(sandbox_id):
+            killed = await self._kill(team_id, sandbox_id, reason)
+        if killed:
+            self._locks.pop(sandbox_id, None)
+        return killed
+
+    async def _kill(self, team_id: str | None, sandbox_id: str, reason: str) -> bool:
         sandbox = await self._store.set_sandbox_state(
             sandbox_id, SandboxState.KILLED, team_id=team_id
         )
@@ -308,23 +482,49 @@ class Sandboxes:
             await self._event(sandbox, "sandbox.killed", {"reason": reason})
         return True
 
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
     async def _event(self, sandbox: Sandbox, type: str, payload: dict[str, Any]) -> None:
         await self._store.add_event(sandbox.team_id, sandbox.sandbox_id, type, payload)
 
     # --- background --------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """After a start: sandboxes the store places here that the node does not run
-        are gone; the ones it runs become reachable again."""
+        """After a start: sandboxes the store places here that the node neither runs
+        nor holds paused are gone; the ones it runs become reachable again, and the
+        paused ones resumable (a memory pause the node lost meanwhile, as a container's
+        does with a reboot, is a filesystem-only pause now)."""
         running = set(await self._node.running())
-        for sandbox in await self._store.running_on_node(self._settings.node_id):
-            if sandbox.sandbox_id in running:
+        paused = await self._node.paused()
+        known = set()
+        node_id = self._settings.node_id
+        for sandbox in await self._store.running_on_node(node_id, include_paused=True):
+            sandbox_id = sandbox.sandbox_id
+            known.add(sandbox_id)
+            if sandbox_id in paused:
+                kept = paused[sandbox_id]
+                # A node that stopped mid-pause has it paused before the store does.
+                now_paused = await self._store.set_sandbox_state(
+                    sandbox_id, SandboxState.PAUSED, pause_memory=kept
+                )
+                if now_paused is not None and now_paused.auto_resume and kept:
+                    self._live.add_paused(now_paused)
+            elif sandbox_id in running:
+                if sandbox.state is SandboxState.PAUSED:  # stopped mid-resume
+                    sandbox = (
+                        await self._store.set_sandbox_state(sandbox_id, SandboxState.RUNNING)
+                        or sandbox
+                    )
                 self._live.add(sandbox)
             else:
-                await self.kill(None, sandbox.sandbox_id, reason="lost")
+                await self.kill(None, sandbox_id, reason="lost")
+        for sandbox_id in set(paused) - known:
+            # Paused on the node but killed (or never recorded) in the store.
+            await self._node.kill(sandbox_id)
 
     async def reap_forever(self) -> None:
-        """Kill sandboxes past their end, every `reap_interval` or when woken."""
+        """Expire sandboxes past their end, every `reap_interval` or when woken."""
         while True:
             try:
                 await self.reap()
@@ -336,9 +536,26 @@ class Sandboxes:
             self._wake.clear()
 
     async def reap(self) -> None:
+        """Expire running sandboxes past their end: pause those created with autoPause
+        (paused ones never expire: they are kept until killed), kill the rest."""
         expired = await self._store.expired_sandboxes(now())
-        # Auto-pause needs pause, which the node cannot do yet: every expiry is a kill.
-        await asyncio.gather(*(self.kill(s.team_id, s.sandbox_id, "timeout") for s in expired))
+        await asyncio.gather(*(self._expire(s) for s in expired))
+
+    async def _expire(self, sandbox: Sandbox) -> None:
+        if sandbox.auto_pause:
+            try:
+                await self.pause(
+                    sandbox.team_id,
+                    sandbox.sandbox_id,
+                    memory=sandbox.auto_pause_memory,
+                    expired=True,
+                )
+                return
+            except ApiError as e:
+                if e.status in (404, 409):
+                    return
+                log.warning("auto-pause of %s failed, killing it: %s", sandbox.sandbox_id, e)
+        await self.kill(sandbox.team_id, sandbox.sandbox_id, "timeout")
 
     async def aclose(self) -> None:
         if self._http is not None:

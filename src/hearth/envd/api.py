@@ -18,7 +18,7 @@ def health(req: Request, state: EnvdState) -> Response:
 
 
 def init(req: Request, state: EnvdState) -> Response:
-    """Configure the sandbox: env vars, access token, defaults, and the clock.
+    """Configure the sandbox: env vars, access token, defaults, the clock and entropy.
 
     The node calls this once at create and after every restore. Once a token is set, only
     a caller that knows it may change anything, so a process inside the sandbox cannot
@@ -45,6 +45,8 @@ def init(req: Request, state: EnvdState) -> Response:
             state.default_workdir = str(data["defaultWorkdir"])
     if data.get("timestamp"):
         _set_clock(str(data["timestamp"]))
+    if data.get("entropy"):
+        _add_entropy(str(data["entropy"]))
     return Response(204)
 
 
@@ -60,6 +62,28 @@ def _set_clock(timestamp: str) -> None:
         # A container shares the host's clock and may not set it: then leave it.
         with contextlib.suppress(OSError):
             time.clock_settime(time.CLOCK_REALTIME, wanted)
+
+
+def _add_entropy(encoded: str) -> None:
+    """Mix host entropy (base64) into the kernel's pool, credited, and reseed its CRNG:
+    clones of one VM snapshot start with the same generator state."""
+    import base64
+    import fcntl
+    import struct
+
+    try:
+        data = base64.b64decode(encoded, validate=True)[:512]
+    except ValueError:
+        return
+    if not data:
+        return
+    rndaddentropy, rndreseedcrng = 0x40085203, 0x5207  # _IOW('R', 3, int[2]), _IO('R', 7)
+    padded = data + bytes(-len(data) % 4)
+    info = struct.pack("ii", len(data) * 8, len(data)) + padded
+    # Not root, or not a VM (a container shares the host's pool): leave it.
+    with contextlib.suppress(OSError), open("/dev/random", "wb") as random:
+        fcntl.ioctl(random, rndaddentropy, info)
+        fcntl.ioctl(random, rndreseedcrng)
 
 
 def envs(req: Request, state: EnvdState) -> Response:

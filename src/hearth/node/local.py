@@ -5,7 +5,9 @@
 - `"container"` (the default): each sandbox is an OCI container with its own network
   slot, cgroup limits, seccomp and user namespace (`runtime/container`). Its state lives
   under `data_dir`, so a node that restarts adopts the sandboxes still running
-  (`reconcile()`, run by `start()`) and removes whatever of the others is left.
+  (`reconcile()`, run by `start()`) and removes whatever of the others is left. It may
+  keep a warm pool per template (`warm()`, `pool.py`): sandboxes started ahead of the
+  creates, which a create of their shape claims instead of starting its own.
 - `"isolated"`: envd in user, mount, pid and UTS namespaces on the host's loopback
   (`runtime/isolated.IsolatedEnvd`), for hosts where containers cannot run. No network
   slot, no limits, and sandboxes end with the node process.
@@ -23,13 +25,27 @@ from typing import Literal, Protocol, Self, get_args
 
 from hearth.node.disk.rootfs import RootKind, ensure_root
 from hearth.node.guest.envd_bundle import ensure_bundle
-from hearth.node.interface import SandboxAddress, SandboxNotFound, SandboxSpec
+from hearth.node.guest.start_command import (
+    StartCommandError,
+    is_ready,
+    run_start_command,
+    start_command,
+    start_template,
+)
+from hearth.node.interface import (
+    PauseNotSupported,
+    SandboxAddress,
+    SandboxNotFound,
+    SandboxSpec,
+)
 from hearth.node.network import NetworkPool
 from hearth.node.network.slots import DEFAULT_POOL
+from hearth.node.pool import PoolShape, WarmPool
+from hearth.node.runtime import _freezer
 
 log = logging.getLogger(__name__)
 
-RuntimeKind = Literal["container", "isolated"]
+RuntimeKind = Literal["container", "isolated", "microvm"]
 ENVD_PORT = 49983
 # Template ids that name a root kind ("busybox", "debian", ...) run on that root; others
 # on the mapping given to LocalNode, else on `default_root`. (Until templates are built.)
@@ -42,6 +58,21 @@ class _Sandbox(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def pause(self, memory: bool) -> _Paused:
+        """Pause; with `memory` its processes are kept (the result says whether they
+        were). PauseNotSupported if the runtime cannot pause it at all."""
+
+
+class _Paused(Protocol):
+    @property
+    def memory(self) -> bool:
+        """True: a resume continues its processes; False: it boots over its files."""
+
+    async def resume(self, spec: SandboxSpec) -> _Sandbox: ...
+
+    async def discard(self) -> None:
+        """Release everything the paused sandbox holds, its disk state too."""
+
 
 class _Runtime(Protocol):
     """What LocalNode needs of a runtime (to move to runtime/base.py with a second user)."""
@@ -51,6 +82,13 @@ class _Runtime(Protocol):
     async def start(self, spec: SandboxSpec, kind: RootKind, root: Path) -> _Sandbox: ...
 
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]: ...
+
+    async def reconcile_paused(self) -> dict[str, _Paused]:
+        """The paused sandboxes found at start (called after `reconcile`)."""
+
+    async def detach(self) -> None:
+        """Release what the runtime holds beside its sandboxes (a node that exits and
+        will adopt its sandboxes again)."""
 
     async def shutdown(self) -> None: ...
 
@@ -93,9 +131,13 @@ class LocalNode:
         }
         self.runtime: _Runtime | None = None
         self._sandboxes: dict[str, _Sandbox] = {}
+        self._paused: dict[str, _Paused] = {}
+        # One pause, resume or kill at a time per sandbox.
+        self._locks: dict[str, asyncio.Lock] = {}
         self._starting: set[str] = set()
         self._start_lock = asyncio.Lock()
         self._closed = False
+        self._pool: WarmPool[_Sandbox] | None = None  # container runtime only
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -115,10 +157,18 @@ class LocalNode:
                 )
             elif self.kind == "isolated":
                 runtime = _IsolatedDriver(self._cache_dir, self._bundle_dir)
+            elif self.kind == "microvm":
+                from hearth.node.runtime.microvm.driver import MicroVMDriver
+
+                runtime = MicroVMDriver(
+                    self.data_dir, self._cache_dir, self._bundle_dir, **self._options
+                )
             else:
-                raise ValueError(f"unknown runtime {self.kind!r} (container or isolated)")
+                raise ValueError(f"unknown runtime {self.kind!r} (container, isolated or microvm)")
             await runtime.setup()
             self.runtime = runtime
+            if isinstance(runtime, _ContainerDriver):
+                self._pool = WarmPool(self._start_member, self._claim_member)
             return await self.reconcile()
 
     async def reconcile(self) -> list[str]:
@@ -128,6 +178,8 @@ class LocalNode:
         adopted, removed = await self.runtime.reconcile()
         for sandbox_id, sandbox in adopted.items():
             self._sandboxes.setdefault(sandbox_id, sandbox)
+        for sandbox_id, paused in (await self.runtime.reconcile_paused()).items():
+            self._paused.setdefault(sandbox_id, paused)
         if removed:
             log.info("reconcile removed: %s", ", ".join(removed))
         return removed
@@ -143,8 +195,11 @@ class LocalNode:
         self._starting.add(sandbox_id)
         try:
             kind = self._root_kind(spec.template_id)
-            root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
-            sandbox = await self.runtime.start(spec, kind, root)
+            sandbox = await self._pool.take(kind, spec) if self._pool else None
+            if sandbox is None:
+                root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
+                sandbox = await self.runtime.start(spec, kind, root)
+                await start_template(sandbox, kind, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
         finally:
             self._starting.discard(sandbox_id)
@@ -154,12 +209,83 @@ class LocalNode:
         """Build (or find cached) what sandboxes of `template_id` start from."""
         await asyncio.to_thread(ensure_root, self._root_kind(template_id), self._cache_dir)
 
+    async def warm(self, template_id: str, *, cpu_count: int, memory_mb: int, size: int) -> None:
+        """Keep `size` sandboxes of `template_id`'s root kind started ahead of the
+        creates of that shape (internet allowed); 0 stops keeping them. Returns at once:
+        they start in the background. Only the container runtime keeps a pool (microVMs
+        restore from snapshots, isolated envds start fast enough)."""
+        await self.start()
+        if self._pool is not None and not self._closed:
+            kind = self._root_kind(template_id)
+            self._pool.configure(PoolShape(kind, template_id, cpu_count, memory_mb, size))
+
+    def pooled(self) -> dict[str, int]:
+        """How many pooled sandboxes wait now, per root kind (tests and diagnostics)."""
+        return self._pool.sizes() if self._pool is not None else {}
+
+    async def _start_member(self, spec: SandboxSpec, kind: str) -> _Sandbox:
+        assert isinstance(self.runtime, _ContainerDriver)
+        root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
+        sandbox = await self.runtime.start_pooled(spec, root)
+        await start_template(sandbox, kind, spec)  # stops the sandbox if it fails
+        return sandbox
+
+    async def _claim_member(self, sandbox: _Sandbox, kind: str, spec: SandboxSpec) -> None:
+        assert isinstance(self.runtime, _ContainerDriver)
+        command = start_command(kind)
+        if command is not None and not await is_ready(sandbox.address, command):
+            raise StartCommandError(f"the {kind} start command no longer answers")
+        await self.runtime.claim(sandbox, spec)
+
     async def kill(self, sandbox_id: str) -> bool:
-        sandbox = self._sandboxes.pop(sandbox_id, None)
-        if sandbox is None:
-            return False
-        await sandbox.stop()
-        return True
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.pop(sandbox_id, None)
+            paused = self._paused.pop(sandbox_id, None)
+            self._locks.pop(sandbox_id, None)
+            if sandbox is not None:
+                await sandbox.stop()
+            elif paused is not None:
+                await paused.discard()
+            return sandbox is not None or paused is not None
+
+    async def pause(self, sandbox_id: str, *, memory: bool = True) -> bool:
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.get(sandbox_id)
+            if sandbox is None:
+                raise SandboxNotFound(sandbox_id)
+            paused = await sandbox.pause(memory)
+            del self._sandboxes[sandbox_id]
+            self._paused[sandbox_id] = paused
+            return paused.memory
+
+    async def resume(self, spec: SandboxSpec) -> SandboxAddress:
+        sandbox_id = spec.sandbox_id
+        async with self._lock(sandbox_id):
+            paused = self._paused.get(sandbox_id)
+            if paused is None:
+                raise SandboxNotFound(sandbox_id)
+            cold = not paused.memory
+            sandbox = await paused.resume(spec)
+            del self._paused[sandbox_id]
+            self._sandboxes[sandbox_id] = sandbox
+            command = start_command(self._root_kind(spec.template_id)) if cold else None
+            if command is not None:
+                # A cold boot starts the template's services again, as a create does.
+                await run_start_command(sandbox.address, spec.envd_access_token, command)
+            return sandbox.address
+
+    async def paused(self) -> dict[str, bool]:
+        return {sandbox_id: p.memory for sandbox_id, p in self._paused.items()}
+
+    def paused_sandbox(self, sandbox_id: str) -> _Paused:
+        """The runtime's object for a paused sandbox (tests and diagnostics)."""
+        try:
+            return self._paused[sandbox_id]
+        except KeyError:
+            raise SandboxNotFound(sandbox_id) from None
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
     def address(self, sandbox_id: str) -> SandboxAddress | None:
         sandbox = self._sandboxes.get(sandbox_id)
@@ -185,15 +311,28 @@ class LocalNode:
     async def detach(self) -> None:
         """Let go of the sandboxes without stopping them, for a node process that exits
         and will be started again: its next `start()` adopts them (see `reconcile`).
-        Only container sandboxes outlive the node process; isolated ones end with it."""
+        Container and microVM sandboxes outlive the node process; isolated ones end with it.
+        The warm pool's sandboxes are stopped: nobody has claimed them."""
         self._closed = True
+        if self._pool is not None:
+            await self._pool.close()
         self._sandboxes = {}
+        self._paused = {}
+        if self.runtime is not None:
+            await self.runtime.detach()
 
     async def close(self) -> None:
-        """Stop every sandbox and release what the node holds on the host."""
+        """Stop every sandbox, paused ones too, and release what the node holds."""
         self._closed = True
+        if self._pool is not None:
+            await self._pool.close()
         sandboxes, self._sandboxes = self._sandboxes, {}
-        await asyncio.gather(*(s.stop() for s in sandboxes.values()), return_exceptions=True)
+        paused, self._paused = self._paused, {}
+        await asyncio.gather(
+            *(s.stop() for s in sandboxes.values()),
+            *(p.discard() for p in paused.values()),
+            return_exceptions=True,
+        )
         if self.runtime is not None:
             await self.runtime.shutdown()
 
@@ -216,6 +355,7 @@ class _ContainerDriver:
         self._blocked = blocked_networks
         self._options = options
         self.runtime = None
+        self._adopted_paused: dict[str, _Paused] = {}
 
     async def setup(self) -> None:
         from hearth.node.network.rules import DEFAULT_BLOCKED
@@ -241,9 +381,26 @@ class _ContainerDriver:
     async def start(self, spec: SandboxSpec, kind: RootKind, root: Path) -> _Sandbox:
         return await self.runtime.start(spec, root)
 
+    async def start_pooled(self, spec: SandboxSpec, root: Path) -> _Sandbox:
+        return await self.runtime.start(spec, root, pooled=True)
+
+    async def claim(self, sandbox: _Sandbox, spec: SandboxSpec) -> None:
+        await self.runtime.claim(sandbox, spec)
+
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]:
+        from hearth.node.runtime.container import PausedContainer
+
+        # Keyed by the API's id: a claimed pool member's own id is not the API's.
         adopted, removed = await self.runtime.reconcile()
-        return {s.sandbox_id: s for s in adopted}, removed
+        self._adopted_paused = {s.api_id: PausedContainer(s) for s in adopted if s.paused}
+        return {s.api_id: s for s in adopted if not s.paused}, removed
+
+    async def reconcile_paused(self) -> dict[str, _Paused]:
+        found, self._adopted_paused = self._adopted_paused, {}
+        return found
+
+    async def detach(self) -> None:
+        return None
 
     async def shutdown(self) -> None:
         runtime = self.runtime
@@ -256,8 +413,12 @@ class _ContainerDriver:
 
 
 class _IsolatedSandbox:
-    def __init__(self, envd: object) -> None:
+    """An isolated envd; with a freezer group (cgroup v1 hosts) it pauses with memory."""
+
+    def __init__(self, envd: object, freezer: _freezer.Freezer | None = None) -> None:
         self._envd = envd
+        self._freezer = freezer
+        self._frozen = False
         self._lock = asyncio.Lock()
 
     @property
@@ -266,7 +427,54 @@ class _IsolatedSandbox:
 
     async def stop(self) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._envd.stop)
+            await asyncio.to_thread(self._stop)
+
+    def _stop(self) -> None:
+        freezer = self._freezer
+        if freezer is not None and self._frozen:
+            freezer.kill()
+        try:
+            self._envd.stop()
+        finally:
+            if freezer is not None:
+                freezer.remove()
+
+    async def pause(self, memory: bool) -> _Paused:
+        if self._freezer is None:
+            raise PauseNotSupported(
+                "this host has no cgroup v1 freezer, which the isolated runtime pauses"
+                " with: use the container runtime (hearth serve --runtime container)"
+            )
+        if not memory:
+            raise PauseNotSupported(
+                "the isolated runtime keeps no disk of its own to pause to: pause with"
+                " memory, or use the container runtime (hearth serve --runtime container)"
+            )
+        await asyncio.to_thread(self._freezer.freeze)
+        self._frozen = True
+        return _IsolatedPaused(self)
+
+
+class _IsolatedPaused:
+    """A frozen isolated envd: resume thaws it, then sets the clock through /init."""
+
+    memory = True
+
+    def __init__(self, sandbox: _IsolatedSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def resume(self, spec: SandboxSpec) -> _Sandbox:
+        from hearth.node.runtime.container.sandbox import init_envd
+
+        sandbox = self._sandbox
+        assert sandbox._freezer is not None
+        await asyncio.to_thread(sandbox._freezer.thaw)
+        sandbox._frozen = False
+        await init_envd(f"http://127.0.0.1:{sandbox._envd.port}", spec)
+        return sandbox
+
+    async def discard(self) -> None:
+        await self._sandbox.stop()
 
 
 class _IsolatedDriver:
@@ -287,6 +495,11 @@ class _IsolatedDriver:
         await asyncio.to_thread(envd.start)
         sandbox = _IsolatedSandbox(envd)
         try:
+            # envd has started nothing yet: its group will hold all the sandbox runs.
+            if _freezer.available():
+                freezer = _freezer.Freezer(spec.sandbox_id)
+                sandbox._freezer = freezer
+                await asyncio.to_thread(freezer.create, envd.pid)
             await init_envd(f"http://127.0.0.1:{envd.port}", spec)
         except BaseException:
             await sandbox.stop()
@@ -296,6 +509,12 @@ class _IsolatedDriver:
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]:
         # An isolated envd dies with the node process: nothing to adopt.
         return {}, []
+
+    async def reconcile_paused(self) -> dict[str, _Paused]:
+        return {}
+
+    async def detach(self) -> None:
+        return None
 
     async def shutdown(self) -> None:
         return None

@@ -67,6 +67,9 @@ class SandboxDirectory(Protocol):
     def secured(self) -> Iterable[tuple[str, str]]:
         """(sandbox id, envd access token) of every running sandbox that has a token."""
 
+    # Optional: `async def wake(sandbox_id) -> bool` resumes a paused sandbox that
+    # traffic may resume (autoResume) and says whether it runs now.
+
 
 @dataclass(frozen=True)
 class _Target:
@@ -107,7 +110,7 @@ class Gateway:
                 request = await self._next_request(client)
                 if request is None:
                     break
-                target = self._decide(request)
+                target = await self._decide(request)
                 if isinstance(target, Refusal):
                     await self._refuse(client, request, target)
                 else:
@@ -150,7 +153,7 @@ class Gateway:
             return None
         return event if isinstance(event, h11.Request) else None
 
-    def _decide(self, request: h11.Request) -> _Target | Refusal:
+    async def _decide(self, request: h11.Request) -> _Target | Refusal:
         headers = _first_values(request.headers)
         where = routing.classify(headers, domains=self._domains, api=self._api_socket is not None)
         if isinstance(where, ToApi):
@@ -164,6 +167,9 @@ class Gateway:
         if refusal is not None:
             return refusal
         route = self._directory.route(where.sandbox_id)
+        wake = getattr(self._directory, "wake", None)
+        if route is None and wake is not None and await wake(where.sandbox_id):
+            route = self._directory.route(where.sandbox_id)
         if route is None:
             return routing.not_found(where.sandbox_id)
         if where.port != routing.ENVD_PORT and route.traffic_access_token:

@@ -63,6 +63,10 @@ class Sandbox:
     node_id: str | None
     runtime: str | None
     killed_at: datetime | None
+    auto_pause_memory: bool = True  # False: the auto-pause keeps the filesystem only
+    pause_memory: bool | None = None  # what the latest pause kept; None: never paused
+    timeout: int | None = None  # the create-time timeout in seconds (auto-resume's)
+    env_vars: dict[str, str] | None = None  # the create-time envVars (a resume's /init)
 
 
 @dataclass(frozen=True, slots=True)

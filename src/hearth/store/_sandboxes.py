@@ -39,6 +39,9 @@ class SandboxStore(StoreBase):
         allow_internet: bool | None = True,
         auto_pause: bool = False,
         auto_resume: bool = False,
+        auto_pause_memory: bool = True,
+        timeout: int | None = None,
+        env_vars: Mapping[str, str] | None = None,
         network: Mapping[str, Any] | None = None,
         started_at: datetime | None = None,
         node_id: str | None = None,
@@ -62,6 +65,10 @@ class SandboxStore(StoreBase):
             "allow_internet": allow_internet,
             "auto_pause": auto_pause,
             "auto_resume": auto_resume,
+            "auto_pause_memory": auto_pause_memory,
+            "pause_memory": None,
+            "timeout": timeout,
+            "env_vars": dict(env_vars) if env_vars is not None else None,
             "network": dict(network) if network is not None else None,
             "started_at": started_at or utc_now(),
             "end_at": end_at,
@@ -161,11 +168,12 @@ class SandboxStore(StoreBase):
         expected: Iterable[SandboxState] | None = None,
         end_at: datetime | None = None,
         node_id: str | None = None,
+        pause_memory: bool | None = None,
     ) -> Sandbox | None:
-        """Move a sandbox to `state` (setting `end_at`/`node_id` too when given), only if
-        it is in one of the `expected` states (any live one by default) and, when
-        `team_id` is given, the team's. Returns the updated sandbox, or None if nothing
-        matched. Killed is final: a killed sandbox never changes again.
+        """Move a sandbox to `state` (setting `end_at`/`node_id`/`pause_memory` too when
+        given), only if it is in one of the `expected` states (any live one by default)
+        and, when `team_id` is given, the team's. Returns the updated sandbox, or None if
+        nothing matched. Killed is final: a killed sandbox never changes again.
         """
         state = SandboxState(state)
         values: dict[str, Any] = {"state": state.value}
@@ -175,6 +183,8 @@ class SandboxStore(StoreBase):
             values["end_at"] = end_at
         if node_id is not None:
             values["node_id"] = node_id
+        if pause_memory is not None:
+            values["pause_memory"] = pause_memory
         allowed = LIVE_STATES if expected is None else tuple(expected)
         return await self._update_live(sandbox_id, team_id, values, allowed)
 

@@ -96,6 +96,12 @@ sandboxes = sa.Table(
     sa.Column("allow_internet", sa.Boolean()),
     sa.Column("auto_pause", sa.Boolean(), nullable=False),
     sa.Column("auto_resume", sa.Boolean(), nullable=False),
+    # False: the auto-pause at the timeout keeps only the filesystem.
+    sa.Column("auto_pause_memory", sa.Boolean(), nullable=False, server_default=sa.true()),
+    # What the latest pause kept: True memory and files, False files only; None: never paused.
+    sa.Column("pause_memory", sa.Boolean()),
+    sa.Column("timeout", sa.Integer()),  # the create-time timeout (s): an auto-resume's
+    sa.Column("env_vars", JSONDocument),  # the create-time envVars, set again on a resume
     sa.Column("network", JSONDocument),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("end_at", UTCDateTime(), nullable=False),

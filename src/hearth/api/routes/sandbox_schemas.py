@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hearth.store import Sandbox
+from hearth.store import Sandbox, SandboxState
 
 
 class _Request(BaseModel):
@@ -70,6 +70,19 @@ class ConnectSandbox(_Request):
 
 class ConnectSandboxV2(_Request):
     timeout: int = 300
+    memory: bool | None = None
+
+
+class PauseRequest(_Request):
+    memory: bool = True  # False: keep only the filesystem
+    requireHealthyGuest: bool | None = None
+
+
+class ResumeRequest(_Request):
+    """The deprecated `POST /sandboxes/{id}/resume`."""
+
+    timeout: int = 15
+    autoPause: bool | None = None
     memory: bool | None = None
 
 
@@ -138,6 +151,7 @@ class SandboxDetail(ListedSandbox):
     domain: str | None
     network: dict[str, Any] | None
     lifecycle: Lifecycle
+    pauseMode: Literal["full", "filesystem"] | None = None  # what a paused one's pause kept
 
     @classmethod
     def of_detail(cls, sandbox: Sandbox, domain: str | None) -> SandboxDetail:
@@ -151,7 +165,14 @@ class SandboxDetail(ListedSandbox):
                 autoResume=sandbox.auto_resume,
                 onTimeout="pause" if sandbox.auto_pause else "kill",
             ),
+            pauseMode=_pause_mode(sandbox),
         )
+
+
+def _pause_mode(sandbox: Sandbox) -> Literal["full", "filesystem"] | None:
+    if sandbox.state is not SandboxState.PAUSED or sandbox.pause_memory is None:
+        return None
+    return "full" if sandbox.pause_memory else "filesystem"
 
 
 def _listed_fields(sandbox: Sandbox) -> dict[str, Any]:

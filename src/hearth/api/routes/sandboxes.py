@@ -1,4 +1,5 @@
-"""Sandbox routes: create, list, get, kill, timeout, refresh, connect, metrics, logs."""
+"""Sandbox routes: create, list, get, kill, timeout, refresh, connect, pause, resume,
+metrics, logs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from hearth.api.routes.sandbox_schemas import (
     ListedSandbox,
     NewSandbox,
     NewSandboxV2,
+    PauseRequest,
     RefreshRequest,
+    ResumeRequest,
     SandboxCreated,
     SandboxDetail,
     SandboxLog,
@@ -80,6 +83,7 @@ def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -
         public_traffic=public,
         auto_pause=bool(body.autoPause),
         auto_resume=auto_resume,
+        auto_pause_memory=body.autoPauseMemory is not False,
         network=network,
     )
 
@@ -234,9 +238,11 @@ async def connect_sandbox(
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,
+    response: Response,
 ) -> SandboxCreated:
-    """200: it runs (its end only extended). A paused sandbox would be resumed with 201."""
-    sandbox = await sandboxes.connect(team, sandbox_id, body.timeout)
+    """200: it runs (its end only extended); 201: it was paused and is resumed."""
+    sandbox, resumed = await sandboxes.connect(team, sandbox_id, body.timeout, body.memory)
+    response.status_code = 201 if resumed else 200
     return SandboxCreated.of(sandbox, settings.domain)
 
 
@@ -246,7 +252,37 @@ async def connect_sandbox_v2(
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,
+    response: Response,
     body: Annotated[ConnectSandboxV2 | None, Body()] = None,
 ) -> SandboxCreated:
-    timeout = (body or ConnectSandboxV2()).timeout
-    return SandboxCreated.of(await sandboxes.connect(team, sandbox_id, timeout), settings.domain)
+    body = body or ConnectSandboxV2()
+    sandbox, resumed = await sandboxes.connect(team, sandbox_id, body.timeout, body.memory)
+    response.status_code = 201 if resumed else 200
+    return SandboxCreated.of(sandbox, settings.domain)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(
+    sandbox_id: str,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    body: Annotated[PauseRequest | None, Body()] = None,
+) -> Response:
+    """204 paused (also for pauses that arrive while one is under way); 409 already
+    paused; 404. `memory: false` keeps only the filesystem."""
+    await sandboxes.pause(team.id, sandbox_id, memory=(body or PauseRequest()).memory)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume_sandbox(
+    sandbox_id: str,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    settings: SettingsDep,
+    body: Annotated[ResumeRequest | None, Body()] = None,
+) -> SandboxCreated:
+    """Deprecated (connect resumes too): 201 resumed, 409 running, 404."""
+    body = body or ResumeRequest()
+    sandbox = await sandboxes.resume(team, sandbox_id, body.timeout, body.memory)
+    return SandboxCreated.of(sandbox, settings.domain)

@@ -38,7 +38,7 @@ def ensure_dir(dest: Path, stamp: str, build: Callable[[Path], None]) -> Path:
     if read_stamp(dest) == stamp:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.parent / f".{dest.name}.lock"):
+    with locked(dest.parent / f".{dest.name}.lock"):
         if read_stamp(dest) == stamp:
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -66,14 +66,19 @@ def _swap_in(new: Path, dest: Path) -> None:
 
 def prune_replaced(dest: Path) -> None:
     """Delete the replaced versions of `dest` that no mount namespace still uses."""
-    replaced = list(dest.parent.glob(f".{dest.name}.old-*"))
-    if not replaced:
+    remove_unmounted(list(dest.parent.glob(f".{dest.name}.old-*")))
+
+
+def remove_unmounted(directories: list[Path]) -> None:
+    """Delete each of `directories` that no mount namespace uses (as a mount's source or
+    an overlay's layer)."""
+    if not directories:
         return
     mounts = _all_mountinfo()
-    for old in replaced:
+    for directory in directories:
         # A bind mount's source shows in mountinfo under its current (renamed) path.
-        if f"/{old.name}/" not in mounts:
-            shutil.rmtree(old, ignore_errors=True)
+        if f"/{directory.name}/" not in mounts:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _all_mountinfo() -> str:
@@ -96,7 +101,7 @@ def _all_mountinfo() -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -18,7 +18,7 @@ from typing import Literal
 from hearth.config import settings
 from hearth.node.disk.cache import ensure_dir, progress
 
-RootKind = Literal["busybox", "debian", "base"]
+RootKind = Literal["busybox", "debian", "base", "code-interpreter"]
 
 # Bump when anything a root holds changes: the key names the cached directory, so a new
 # recipe builds beside the old roots instead of deleting one that a sandbox may still
@@ -81,9 +81,14 @@ def ensure_root(kind: RootKind, cache_dir: Path | None = None) -> Path:
     The result is shared and must be treated as read-only (the lower layer of each
     sandbox's overlay).
     """
+    if kind == "code-interpreter":  # built on top of the finished base root
+        from hearth.node.disk.code_interpreter import ensure_code_interpreter_root
+
+        cache = cache_dir or settings().cache_dir
+        return ensure_code_interpreter_root(ensure_root("base", cache), cache)
     base = (cache_dir or settings().cache_dir) / "roots"
     if kind == "busybox":
-        busybox = _static_busybox()
+        busybox = static_busybox()
         key = _recipe_key(kind, busybox=hashlib.sha256(busybox.read_bytes()).hexdigest())
         build: Callable[[Path], None] = functools.partial(_build_busybox, busybox=busybox)
     elif kind in DEBIAN_KINDS:
@@ -92,7 +97,7 @@ def ensure_root(kind: RootKind, cache_dir: Path | None = None) -> Path:
         key = _recipe_key(kind, suite=DEBIAN_SUITE, packages=packages + extra)
         build = functools.partial(_build_debian, extra=extra)
     else:
-        raise ValueError(f"unknown root kind {kind!r} (busybox, debian or base)")
+        raise ValueError(f"unknown root kind {kind!r} (busybox, debian, base or code-interpreter)")
     entry = base / f"{kind}-{key}"
     ensure_dir(entry, key, functools.partial(_make_root, kind, build))
     return entry / "rootfs"
@@ -228,7 +233,7 @@ def _finish(root: Path) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
 
 
-def _static_busybox() -> Path:
+def static_busybox() -> Path:
     for candidate in ("/bin/busybox", "/usr/bin/busybox", shutil.which("busybox")):
         if candidate and os.path.isfile(candidate) and not _has_interpreter(Path(candidate)):
             return Path(candidate)

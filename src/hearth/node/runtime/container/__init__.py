@@ -5,6 +5,7 @@ from hearth.node.runtime.container.sandbox import (
     ContainerError,
     ContainerRuntime,
     ContainerSandbox,
+    PausedContainer,
     SandboxRecord,
 )
 
@@ -14,6 +15,7 @@ __all__ = [
     "ContainerSandbox",
     "OciRuntime",
     "OciRuntimeError",
+    "PausedContainer",
     "SandboxRecord",
     "detect",
 ]

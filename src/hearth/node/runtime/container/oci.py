@@ -78,6 +78,23 @@ class OciRuntime:
                 f"{self.name} delete {container_id} failed: {done.stderr.strip()}"
             )
 
+    def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (its cgroup's freezer)."""
+        self._run_checked("pause", container_id)
+
+    def resume(self, container_id: str) -> None:
+        """Thaw a container `pause` froze."""
+        self._run_checked("resume", container_id)
+
+    def _run_checked(self, command: str, container_id: str) -> None:
+        done = subprocess.run(
+            self.wrapped(command, container_id), capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise OciRuntimeError(
+                f"{self.name} {command} {container_id} failed: {done.stderr.strip()}"
+            )
+
     def containers(self) -> list[str]:
         """Ids of the containers the runtime has state for."""
         try:

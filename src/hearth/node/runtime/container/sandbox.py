@@ -11,7 +11,16 @@ sandbox's one `AsyncExitStack` the moment it is acquired:
 5. the container (the runtime's foreground process, envd and everything under it).
 
 Kill, a failed create and shutdown all unwind that stack, in reverse, once; a release
-that fails is logged and the rest still run.
+that fails is logged and the rest still run. What only a running sandbox holds (2., 4.
+and 5.) sits on a second stack inside the first, so that a filesystem-only pause can
+release it alone and keep the id block and the directory (its upper layer is the
+sandbox's disk); a resume acquires it again.
+
+Pause: with memory, the OCI runtime's `pause` freezes the container's cgroup and
+`resume` thaws it (then envd's /init sets the clock). The frozen container outlives a
+restart of the node and is adopted as paused; if it is gone (the host rebooted), the
+sandbox becomes a filesystem-only pause, which boots envd again over the same upper
+layer on resume. The record on disk says which pause a sandbox is in.
 
 Ids: each sandbox maps its uid/gid 0..65535 to its own host range
 `2**30 + block * 65536`, so no two sandboxes share a host id and nothing in one is
@@ -87,6 +96,13 @@ class SandboxRecord:
     monitor_pid: int | None = None
     created_at: float = 0.0
     metadata: dict[str, str] | None = None
+    root: str = ""  # the template's root the overlay stacks on (a cold boot mounts it again)
+    paused: str | None = None  # "memory" or "filesystem" while paused
+    # A warm-pool member (see node/pool.py): never adopted until a create claims it;
+    # then `claimed_as` is the API's id for it (its own id still names its directory,
+    # container and cgroups).
+    pooled: bool = False
+    claimed_as: str | None = None
 
 
 class _IdBlocks:
@@ -111,15 +127,25 @@ class _IdBlocks:
 
 
 class ContainerSandbox:
-    """A running container sandbox. Stop it with `stop()` (idempotent)."""
+    """A container sandbox, running or paused. Stop it with `stop()` (idempotent)."""
 
-    def __init__(self, record: SandboxRecord, directory: Path, stack: contextlib.AsyncExitStack):
+    def __init__(
+        self,
+        record: SandboxRecord,
+        directory: Path,
+        stack: contextlib.AsyncExitStack,
+        runtime: ContainerRuntime | None = None,
+    ):
         self.record = record
         self.directory = directory
         self.slot: NetworkSlot | None = None
+        self.container: _Container | None = None
         self.init_pid: int | None = None  # envd's pid on the host
         self.release_errors: list[BaseException] = []
         self._stack = stack
+        # What only a running sandbox holds: its slot, cgroups and container.
+        self._run = contextlib.AsyncExitStack()
+        self._runtime = runtime
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -128,9 +154,30 @@ class ContainerSandbox:
         return self.record.sandbox_id
 
     @property
+    def api_id(self) -> str:
+        """The id the API knows it by: its own, or that of the create that claimed it."""
+        return self.record.claimed_as or self.record.sandbox_id
+
+    @property
     def address(self) -> SandboxAddress:
         assert self.slot is not None
         return SandboxAddress(self.slot.address)
+
+    @property
+    def paused(self) -> bool:
+        return self.record.paused is not None
+
+    async def pause(self, memory: bool) -> PausedContainer:
+        """Freeze the container (`memory`), or stop it and keep only its directory."""
+        assert self._runtime is not None and not self._stopping
+        await self._runtime.pause(self, memory)
+        return PausedContainer(self)
+
+    async def _release_running(self) -> None:
+        await self._run.aclose()
+        self._run = contextlib.AsyncExitStack()
+        self.slot = self.container = None
+        self.init_pid = None
 
     async def stop(self) -> None:
         """Kill the sandbox and release everything it holds, once."""
@@ -139,9 +186,15 @@ class ContainerSandbox:
             return
         self._stopping = True
         try:
-            await asyncio.shield(self._stack.aclose())
+            await asyncio.shield(self._release_all())
         finally:
             self._stopped.set()
+
+    async def _release_all(self) -> None:
+        try:
+            await self._release_running()
+        finally:
+            await self._stack.aclose()
 
 
 class ContainerRuntime:
@@ -192,9 +245,11 @@ class ContainerRuntime:
 
     # --- create ----------------------------------------------------------------------
 
-    async def start(self, spec: SandboxSpec, template: Path) -> ContainerSandbox:
+    async def start(
+        self, spec: SandboxSpec, template: Path, *, pooled: bool = False
+    ) -> ContainerSandbox:
         """Start a sandbox of `spec` over the root `template`; returns once envd answers
-        /health and has taken /init."""
+        /health and has taken /init. A `pooled` one waits for `claim()`."""
         if not SANDBOX_ID.fullmatch(spec.sandbox_id):
             raise ValueError(f"invalid sandbox id {spec.sandbox_id!r} (want [a-z0-9]{{1,64}})")
         started = time.monotonic()
@@ -208,15 +263,18 @@ class ContainerRuntime:
             runtime=self.oci.name,
             created_at=time.time(),
             metadata=dict(spec.metadata),
+            root=str(template),
+            pooled=pooled,
         )
         directory = self.sandboxes_dir / spec.sandbox_id
-        sandbox = ContainerSandbox(record, directory, stack)
+        sandbox = ContainerSandbox(record, directory, stack, self)
         release = _Releaser(sandbox)
+        running = _Releaser(sandbox, sandbox._run)
         try:
             record.id_block = self._blocks.claim()
             release.push("its id block", self._blocks.free, record.id_block)
 
-            slot = await release.take(
+            slot = await running.take(
                 "its network slot",
                 lambda: self.pool.acquire(allow_internet=spec.allow_internet),
                 lambda slot: slot.release,
@@ -231,19 +289,7 @@ class ContainerRuntime:
             await _to_thread_to_the_end(
                 self._fill_directory, directory, spec, record, slot, template
             )
-            release.push("its cgroups", self._remove_cgroups, spec.sandbox_id)
-
-            container = await release.take(
-                "its container",
-                lambda: self._launch(directory, record, template),
-                lambda container: container.stop,
-            )
-            record.monitor_pid = container.monitor_pid
-            await _to_thread_to_the_end(_write_record, directory, record)
-
-            await self._wait_healthy(slot.address, container, directory)
-            sandbox.init_pid = container.init_pid
-            await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
+            await self._boot(sandbox, spec, running)
             log.info(
                 "sandbox %s up at %s in %.0f ms",
                 spec.sandbox_id,
@@ -254,6 +300,119 @@ class ContainerRuntime:
         except BaseException:
             await sandbox.stop()
             raise
+
+    async def _boot(self, sandbox: ContainerSandbox, spec: SandboxSpec, running: _Releaser) -> None:
+        """Launch the container of a sandbox whose directory and slot are ready; returns
+        once envd answers and has taken /init."""
+        record, directory, slot = sandbox.record, sandbox.directory, sandbox.slot
+        assert slot is not None
+        running.push("its cgroups", self._remove_cgroups, record.sandbox_id)
+        container = await running.take(
+            "its container",
+            lambda: self._launch(directory, record, Path(record.root)),
+            lambda container: container.stop,
+        )
+        sandbox.container = container
+        record.monitor_pid = container.monitor_pid
+        await _to_thread_to_the_end(_write_record, directory, record)
+        await self._wait_healthy(slot.address, container, directory)
+        sandbox.init_pid = container.init_pid
+        await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
+
+    async def claim(self, sandbox: ContainerSandbox, spec: SandboxSpec) -> None:
+        """Hand a pooled sandbox to the create of `spec`: envd takes the create's /init
+        (its access token, env vars, clock), then the record names it by the API's id,
+        so that a restarted node adopts it as that sandbox. Raises if it is no longer
+        running or envd does not take /init (the caller then stops it)."""
+        record, container, slot = sandbox.record, sandbox.container, sandbox.slot
+        if not record.pooled or record.claimed_as is not None:
+            raise ContainerError(f"sandbox {record.sandbox_id} is not a waiting pool member")
+        if container is None or slot is None or container.poll() is not None:
+            raise ContainerError(f"pooled sandbox {record.sandbox_id} is not running")
+        # /init before the record: a node that stops in between removes the sandbox at
+        # its next start rather than adopt one that never took the create's token.
+        await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
+        record.claimed_as = spec.sandbox_id
+        record.template_id = spec.template_id
+        record.metadata = dict(spec.metadata)
+        await _to_thread_to_the_end(_write_record, sandbox.directory, record)
+
+    # --- pause and resume ------------------------------------------------------------
+
+    async def pause(self, sandbox: ContainerSandbox, memory: bool) -> None:
+        record = sandbox.record
+        if record.paused is not None:
+            raise ContainerError(f"sandbox {record.sandbox_id} is already paused")
+        if memory:
+            container = sandbox.container
+            assert container is not None
+            await asyncio.to_thread(self.oci.pause, record.sandbox_id)
+            container.frozen = True
+            record.paused = "memory"
+        else:
+            await sandbox._release_running()
+            record.paused = "filesystem"
+        await asyncio.to_thread(_write_record, sandbox.directory, record)
+        log.info("sandbox %s paused (%s)", record.sandbox_id, record.paused)
+
+    async def drop_memory(self, sandbox: ContainerSandbox) -> None:
+        """Turn a memory pause into a filesystem-only one (to release what it holds)."""
+        if sandbox.record.paused != "memory":
+            return
+        await sandbox._release_running()
+        sandbox.record.paused = "filesystem"
+        await asyncio.to_thread(_write_record, sandbox.directory, sandbox.record)
+
+    async def resume(self, sandbox: ContainerSandbox, spec: SandboxSpec) -> ContainerSandbox:
+        """Thaw a memory pause, or boot envd again over a filesystem-only pause's files;
+        returns once envd answers and has taken /init (its clock set, same token)."""
+        record = sandbox.record
+        if record.paused == "memory":
+            container, slot = sandbox.container, sandbox.slot
+            assert container is not None and slot is not None
+            await asyncio.to_thread(self.oci.resume, record.sandbox_id)
+            container.frozen = False
+            await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
+        elif record.paused == "filesystem":
+            if not record.root:
+                raise ContainerError(f"sandbox {record.sandbox_id}: no template root recorded")
+            running = _Releaser(sandbox, sandbox._run)
+            try:
+                slot = await running.take(
+                    "its network slot",
+                    lambda: self.pool.acquire(allow_internet=record.allow_internet),
+                    lambda slot: slot.release,
+                )
+                sandbox.slot = slot
+                record.slot_index = slot.index
+                await _to_thread_to_the_end(self._rewire, sandbox.directory, record, slot)
+                await self._boot(sandbox, spec, running)
+            except BaseException:
+                await sandbox._release_running()
+                raise
+        else:
+            raise ContainerError(f"sandbox {record.sandbox_id} is not paused")
+        record.paused = None
+        await asyncio.to_thread(_write_record, sandbox.directory, record)
+        log.info("sandbox %s resumed", record.sandbox_id)
+        return sandbox
+
+    def _rewire(self, directory: Path, record: SandboxRecord, slot: NetworkSlot) -> None:
+        """Point a stopped sandbox's config and /etc/hosts at its new network slot."""
+        path = directory / "config.json"
+        config = json.loads(path.read_text())
+        for namespace in config["linux"]["namespaces"]:
+            if namespace["type"] == "network":
+                namespace["path"] = str(slot.netns_path)
+        path.write_text(json.dumps(config, indent=1))
+        hosts = directory / "upper" / "etc" / "hosts"
+        hostname = _template_hostname(Path(record.root))
+        with contextlib.suppress(OSError):
+            lines = hosts.read_text().splitlines()
+            for i, line in enumerate(lines):
+                if line.split()[1:] == [hostname]:
+                    lines[i] = f"{slot.address}\t{hostname}"
+            hosts.write_text("".join(f"{line}\n" for line in lines))
 
     def _fill_directory(
         self,
@@ -387,9 +546,10 @@ class ContainerRuntime:
     # --- adopt and clean up ----------------------------------------------------------
 
     async def reconcile(self) -> tuple[list[ContainerSandbox], list[str]]:
-        """Adopt the sandboxes a previous node process left running; remove everything
-        else of theirs (containers, cgroups, directories, network slots). Returns the
-        adopted sandboxes and a description of what was removed."""
+        """Adopt the sandboxes a previous node process left running or paused (their
+        `paused` says which); remove everything else of theirs (containers, cgroups,
+        directories, network slots). Returns the adopted sandboxes and a description of
+        what was removed."""
         adopted: list[ContainerSandbox] = []
         removed: list[str] = []
         entries = sorted(os.listdir(self.sandboxes_dir)) if self.sandboxes_dir.is_dir() else []
@@ -408,7 +568,7 @@ class ContainerRuntime:
             if name not in keep and name not in entries:
                 await asyncio.to_thread(self._discard, name, None)
                 removed.append(f"container {name}")
-        slots = {s.record.slot_index for s in adopted}
+        slots = {s.slot.index for s in adopted if s.slot is not None}
         removed += [f"network slot {n}" for n in await asyncio.to_thread(self.pool.sweep, slots)]
         return adopted, removed
 
@@ -420,43 +580,93 @@ class ContainerRuntime:
             return None
         if record.runtime != self.oci.name or record.slot_index < 0 or record.id_block < 0:
             return None
+        if record.pooled and record.claimed_as is None:
+            return None  # a pool member nobody claimed: the new node starts its own
         state = await asyncio.to_thread(self.oci.state, record.sandbox_id)
-        if not state or state.get("status") != "running" or not state.get("pid"):
+        status = state.get("status") if state and state.get("pid") else None
+        if record.paused is not None and status not in ("running", "paused"):
+            # Its container is gone (a reboot) or was never booted again: the files are
+            # all that is left, which a filesystem-only resume boots from.
+            return await self._adopt_stopped(directory, record)
+        if status not in ("running", "paused") or (status == "paused" and not record.paused):
             return None
+        assert state is not None
         stack = contextlib.AsyncExitStack()
-        sandbox = ContainerSandbox(record, directory, stack)
+        sandbox = ContainerSandbox(record, directory, stack, self)
         release = _Releaser(sandbox)
+        running = _Releaser(sandbox, sandbox._run)
         try:
             self._blocks.claim(record.id_block)
             release.push("its id block", self._blocks.free, record.id_block)
-            slot = await release.take(
+            release.push("its directory", shutil.rmtree, directory)
+            slot = await running.take(
                 "its network slot",
                 lambda: self.pool.adopt(record.slot_index, allow_internet=record.allow_internet),
                 lambda slot: slot.release,
             )
             sandbox.slot = slot
-            release.push("its directory", shutil.rmtree, directory)
-            release.push("its cgroups", self._remove_cgroups, record.sandbox_id)
+            running.push("its cgroups", self._remove_cgroups, record.sandbox_id)
             container = _Container.adopt(
                 self.oci, record.sandbox_id, directory, int(state["pid"]), record.monitor_pid
             )
-            release.push("its container", container.stop)
+            container.frozen = status == "paused"
+            running.push("its container", container.stop)
+            sandbox.container = container
             sandbox.init_pid = container.init_pid
-            async with envd_client() as client:
-                r = await client.get(f"http://{slot.address}:{ENVD_PORT}/health")
-                if r.status_code != 204:
-                    raise ContainerError(f"envd answers /health with {r.status_code}")
+            if record.paused and status == "running":
+                # The node stopped mid-resume, before the record said so: freeze it
+                # again, as the control plane still holds it paused.
+                await asyncio.to_thread(self.oci.pause, record.sandbox_id)
+                container.frozen = True
+            if not container.frozen:
+                async with envd_client() as client:
+                    r = await client.get(f"http://{slot.address}:{ENVD_PORT}/health")
+                    if r.status_code != 204:
+                        raise ContainerError(f"envd answers /health with {r.status_code}")
         except Exception as e:
             log.warning("cannot adopt sandbox %s, removing it: %s", record.sandbox_id, e)
             await sandbox.stop()
             return None
-        log.info("adopted sandbox %s at %s", record.sandbox_id, slot.address)
+        if record.paused:
+            record.paused = "memory"
+            await asyncio.to_thread(_write_record, directory, record)
+        log.info(
+            "adopted %s sandbox %s at %s",
+            "paused" if record.paused else "running",
+            record.sandbox_id,
+            slot.address,
+        )
+        return sandbox
+
+    async def _adopt_stopped(
+        self, directory: Path, record: SandboxRecord
+    ) -> ContainerSandbox | None:
+        """Adopt a paused sandbox whose container is gone as a filesystem-only pause."""
+        await asyncio.to_thread(self._discard, record.sandbox_id, None)
+        sandbox = ContainerSandbox(record, directory, contextlib.AsyncExitStack(), self)
+        release = _Releaser(sandbox)
+        try:
+            self._blocks.claim(record.id_block)
+        except ContainerError as e:
+            log.warning("cannot adopt paused sandbox %s, removing it: %s", record.sandbox_id, e)
+            return None
+        release.push("its id block", self._blocks.free, record.id_block)
+        release.push("its directory", shutil.rmtree, directory)
+        if record.paused != "filesystem":
+            log.warning(
+                "sandbox %s: its frozen container is gone; it resumes from its files only",
+                record.sandbox_id,
+            )
+            record.paused = "filesystem"
+            await asyncio.to_thread(_write_record, directory, record)
+        log.info("adopted sandbox %s, paused without memory", record.sandbox_id)
         return sandbox
 
     def _discard(self, name: str, directory: Path | None) -> None:
         """Remove a sandbox that cannot be adopted: container, cgroups, directory. Its
         network slot goes in the pool's sweep."""
         steps: list[Callable[[], object]] = [
+            lambda: self._thaw(name),
             lambda: self.oci.delete(name),
             lambda: self._remove_cgroups(name),
         ]
@@ -469,6 +679,12 @@ class ContainerRuntime:
                 pass
             except Exception:
                 log.exception("removing leftovers of sandbox %s", name)
+
+    def _thaw(self, name: str) -> None:
+        """Thaw a frozen leftover container, whose processes could not die otherwise."""
+        state = self.oci.state(name)
+        if state and state.get("status") == "paused":
+            self.oci.resume(name)
 
     # --- cgroups ---------------------------------------------------------------------
 
@@ -504,6 +720,33 @@ class ContainerRuntime:
                 os.rmdir(parent)
 
 
+class PausedContainer:
+    """A paused container sandbox: `memory` says whether its processes were kept."""
+
+    def __init__(self, sandbox: ContainerSandbox) -> None:
+        self.sandbox = sandbox
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.sandbox.sandbox_id
+
+    @property
+    def memory(self) -> bool:
+        return self.sandbox.record.paused == "memory"
+
+    async def resume(self, spec: SandboxSpec) -> ContainerSandbox:
+        assert self.sandbox._runtime is not None
+        return await self.sandbox._runtime.resume(self.sandbox, spec)
+
+    async def drop_memory(self) -> None:
+        """Stop the frozen container and keep only its files (to free the host)."""
+        assert self.sandbox._runtime is not None
+        await self.sandbox._runtime.drop_memory(self.sandbox)
+
+    async def discard(self) -> None:
+        await self.sandbox.stop()
+
+
 class _Container:
     """The OCI runtime's foreground process for one container, and the container's init
     (envd). `stop()` kills envd (PID 1: the kernel then kills the whole pid namespace),
@@ -525,6 +768,7 @@ class _Container:
         self._monitor_pidfd: int | None = None
         self._init_pidfd: int | None = None
         self.init_pid: int | None = None
+        self.frozen = False  # paused by the OCI runtime: a kill lands once thawed
 
     @classmethod
     def adopt(
@@ -573,6 +817,15 @@ class _Container:
         if self._init_pidfd is None:
             self._open_init()
         if self._init_pidfd is not None:
+            if self.frozen:
+                # Frozen tasks die only once thawed: kill first, so nothing runs on.
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+                try:
+                    self.oci.resume(self.container_id)
+                    self.frozen = False
+                except Exception as e:
+                    errors.append(e)
             try:
                 _kill_and_wait(self._init_pidfd, 10)
             except Exception as e:
@@ -603,11 +856,14 @@ class _Container:
 
 
 class _Releaser:
-    """Pushes releases onto a sandbox's stack: each runs in a thread, and a failure is
-    logged and kept, never stops the others."""
+    """Pushes releases onto a sandbox's stack (or `stack`, one of its own): each runs in
+    a thread, and a failure is logged and kept, never stops the others."""
 
-    def __init__(self, sandbox: ContainerSandbox) -> None:
+    def __init__(
+        self, sandbox: ContainerSandbox, stack: contextlib.AsyncExitStack | None = None
+    ) -> None:
         self._sandbox = sandbox
+        self._stack = stack if stack is not None else sandbox._stack
 
     def push(self, what: str, release: Callable[..., object], *args: object) -> None:
         sandbox = self._sandbox
@@ -621,7 +877,7 @@ class _Releaser:
                 log.error("sandbox %s: releasing %s failed: %s", sandbox.sandbox_id, what, e)
                 sandbox.release_errors.append(e)
 
-        sandbox._stack.push_async_callback(run)
+        self._stack.push_async_callback(run)
 
     async def take(
         self,
@@ -706,7 +962,8 @@ def _log_tail(directory: Path) -> str:
 
 
 async def init_envd(base_url: str, spec: SandboxSpec) -> None:
-    """POST envd's /init: the sandbox's environment, access token, user and clock."""
+    """POST envd's /init: the sandbox's environment, access token, user and clock (at
+    create and after every resume)."""
     body = {
         "envVars": {
             **spec.env_vars,
@@ -717,9 +974,12 @@ async def init_envd(base_url: str, spec: SandboxSpec) -> None:
         "defaultUser": DEFAULT_USER,
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+    headers = {}
     if spec.envd_access_token:
         body["accessToken"] = spec.envd_access_token
+        # After a resume envd already holds the token and takes /init only with it.
+        headers["X-Access-Token"] = spec.envd_access_token
     async with envd_client() as client:
-        r = await client.post(f"{base_url}/init", json=body)
+        r = await client.post(f"{base_url}/init", json=body, headers=headers)
     if r.status_code != 204:
         raise ContainerError(f"envd refused /init: {r.status_code} {r.text[:500]}")

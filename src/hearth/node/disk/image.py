@@ -1,0 +1,164 @@
+"""A template's root filesystem as an ext4 disk image for microVMs.
+
+The image is the cached root directory of a template (`rootfs.ensure_root`) with the
+envd bundle copied in at `/opt/hearth/envd`, a static busybox at `/opt/hearth/bin` and
+the guest init at `/opt/hearth/init`, made with `mkfs.ext4 -d` from a staging tree (no
+loop mount, no root privileges needed for the image itself). The staging tree hard-links
+the template's files, so it costs inodes, not a copy; nothing is ever written through
+those links.
+
+The guest init (PID 1 after the initramfs switches root) mounts what envd and the
+user's processes need, brings up eth0 from the kernel command line
+(`hearth.ip=ADDR/LEN hearth.gw=ADDR hearth.dns=A,B`) and execs envd, which reaps orphans
+as PID 1. Images are cached under `cache_dir/images/<kind>-<key>/rootfs.ext4`, keyed by
+the root's and the bundle's stamps and this recipe; VMs never write to them (each gets
+qcow2 overlays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from hearth.config import settings
+from hearth.node.disk.cache import STAMP_NAME, ensure_dir, progress, read_stamp
+from hearth.node.disk.rootfs import static_busybox
+from hearth.node.guest.envd_bundle import envd_command
+
+# Bump when the image's layout or the init below change.
+RECIPE_VERSION = 1
+ENVD_TARGET = "/opt/hearth/envd"
+ENVD_PORT = 49983
+INIT_PATH = "opt/hearth/init"
+BUSYBOX_PATH = "opt/hearth/bin/busybox"
+ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Room for the user's files on top of the template's (the file is sparse).
+FREE_SPACE = 2 << 30
+
+GUEST_INIT = """\
+#!/opt/hearth/bin/busybox sh
+# Hearth's guest init: mounts, network from the kernel command line, then envd as PID 1.
+B=/opt/hearth/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mkdir -p /dev/pts /dev/shm /run /tmp
+$B mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+$B mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+$B mount -t tmpfs -o mode=755 tmpfs /run
+$B mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+$B ln -sf /proc/self/fd /dev/fd
+$B ln -sf /proc/self/fd/0 /dev/stdin
+$B ln -sf /proc/self/fd/1 /dev/stdout
+$B ln -sf /proc/self/fd/2 /dev/stderr
+$B chmod 1777 /tmp
+[ -f /etc/hostname ] && $B hostname "$($B cat /etc/hostname)"
+for arg in $($B cat /proc/cmdline); do
+    case "$arg" in
+        hearth.ip=*) ip="${arg#hearth.ip=}" ;;
+        hearth.gw=*) gw="${arg#hearth.gw=}" ;;
+        hearth.dns=*) dns="${arg#hearth.dns=}" ;;
+    esac
+done
+$B ip link set lo up
+if [ -n "$ip" ]; then
+    $B ip addr add "$ip" dev eth0
+    $B ip link set eth0 up
+    [ -n "$gw" ] && $B ip route add default via "$gw"
+fi
+if [ -n "$dns" ]; then
+    $B rm -f /etc/resolv.conf
+    for ns in $($B echo "$dns" | $B tr , ' '); do echo "nameserver $ns"; done > /etc/resolv.conf
+fi
+export PATH=@PATH@
+cd /
+exec @ENVD@
+"""
+
+
+class ImageError(RuntimeError):
+    """The disk image could not be made; the message carries the tool's output."""
+
+
+def ensure_image(kind: str, root: Path, bundle: Path, cache_dir: Path | None = None) -> Path:
+    """The ext4 image of template root `root` (a cached root of `kind`) with the envd
+    bundle `bundle` in it; built on first use and whenever either changes."""
+    init = guest_init()
+    recipe = {
+        "version": RECIPE_VERSION,
+        "root": str(root.resolve()),
+        "root_stamp": read_stamp(root.parent) or read_stamp(root),
+        "bundle_stamp": read_stamp(bundle),
+        "busybox": hashlib.sha256(static_busybox().read_bytes()).hexdigest(),
+        "init": init,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    entry = (cache_dir or settings().cache_dir) / "images" / f"{kind}-{key}"
+    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, root, bundle, init))
+    return entry / "rootfs.ext4"
+
+
+def guest_init() -> str:
+    argv = envd_command(ENVD_TARGET, "0.0.0.0", ENVD_PORT)
+    return GUEST_INIT.replace("@PATH@", ENVD_PATH).replace("@ENVD@", " ".join(argv))
+
+
+def _build(entry: Path, kind: str, root: Path, bundle: Path, init: str) -> None:
+    progress(f"making the {kind} disk image in {entry.parent}")
+    staging = entry / "staging"
+    try:
+        # Same filesystem as the cached root: hard links, not copies. Anything added
+        # below is a new file; nothing is written through a link.
+        if os.stat(root).st_dev == os.stat(entry).st_dev:
+            subprocess.run(["cp", "-a", "--link", str(root), str(staging)], check=True)
+        else:
+            shutil.copytree(root, staging, symlinks=True)
+        envd = staging / ENVD_TARGET.lstrip("/")
+        if envd.exists():
+            shutil.rmtree(envd) if envd.is_dir() else envd.unlink()
+        shutil.copytree(bundle, envd, symlinks=True, ignore=shutil.ignore_patterns(STAMP_NAME))
+        busybox = staging / BUSYBOX_PATH
+        busybox.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(static_busybox(), busybox)
+        init_file = staging / INIT_PATH
+        init_file.unlink(missing_ok=True)
+        init_file.write_text(init)
+        init_file.chmod(0o755)
+        for name in ("proc", "sys", "dev", "run", "tmp"):
+            (staging / name).mkdir(exist_ok=True)
+        used = _disk_usage(staging)
+        image = entry / "rootfs.ext4"
+        with open(image, "wb") as f:
+            f.truncate(_round_up(used + used // 4 + FREE_SPACE, 1 << 20))
+        done = subprocess.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "hearthroot",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                str(staging),
+                str(image),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise ImageError(f"mkfs.ext4 failed ({done.returncode}): {done.stderr[-1000:]}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _disk_usage(path: Path) -> int:
+    done = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to

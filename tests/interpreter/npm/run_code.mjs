@@ -1,0 +1,87 @@
+// The npm `@e2b/code-interpreter` SDK against `hearth serve` (recipe A): runCode in every
+// language, streaming, results, errors, env vars, contexts, a timeout and a killed sandbox.
+//
+// Run by tests/interpreter/test_npm.py from this directory, with the E2B_* variables of
+// recipe A set. Prints `RESULT <name> <json>` per check and exits non-zero at the first
+// failure.
+import { Sandbox } from '@e2b/code-interpreter'
+
+function record(name, value) {
+  console.log(`RESULT ${name} ${JSON.stringify(value)}`)
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`)
+}
+
+async function main() {
+  const sbx = await Sandbox.create({ envs: { FROM_CREATE: 'js create' }, timeoutMs: 300_000 })
+  try {
+    const stdout = []
+    const first = await sbx.runCode('x = 40\nprint("hello")\nx + 2', {
+      onStdout: (m) => stdout.push(m.line),
+    })
+    check(first.text === '42', `text ${first.text}`)
+    check(stdout.join('') === 'hello\n', `stdout ${JSON.stringify(stdout)}`)
+    record('python', first.text)
+    check((await sbx.runCode('x')).text === '40', 'state')
+
+    const js = await sbx.runCode('const a: number = 21; a * 2', { language: 'ts' })
+    check(js.text === '42', `ts ${js.text}`)
+    const bash = await sbx.runCode('echo $FROM_CREATE', { language: 'bash' })
+    check(bash.logs.stdout.join('') === 'js create\n', `bash ${JSON.stringify(bash.logs)}`)
+    const r = await sbx.runCode('1 + 1', { language: 'r' })
+    check(r.results[0].text === '[1] 2', `r ${JSON.stringify(r.results)}`)
+    record('languages', ['python', 'typescript', 'bash', 'r'])
+
+    const env = await sbx.runCode('import os\nos.environ["PER_RUN"]', { envs: { PER_RUN: 'yes' } })
+    check(env.text === 'yes', `env ${env.text}`)
+    const gone = await sbx.runCode('import os\nos.environ.get("PER_RUN", "unset")')
+    check(gone.text === 'unset', `env restored ${gone.text}`)
+
+    const plot = await sbx.runCode(
+      'import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title("js")\nplt.show()',
+    )
+    const figure = plot.results.find((res) => res.png)
+    check(figure && figure.chart && figure.chart.type === 'line', 'chart')
+    check(figure.chart.title === 'js', `chart title ${figure.chart.title}`)
+    record('chart', figure.chart.type)
+
+    const failed = await sbx.runCode('raise ValueError("bad")')
+    check(failed.error.name === 'ValueError' && failed.error.value === 'bad', 'error')
+    check(failed.error.traceback.includes('ValueError'), 'traceback')
+
+    const ctx = await sbx.createCodeContext({ cwd: '/tmp', language: 'python' })
+    check((await sbx.runCode('import os\nos.getcwd()', { context: ctx })).text === '/tmp', 'cwd')
+    const contexts = await sbx.listCodeContexts()
+    check(contexts.some((c) => c.id === ctx.id), 'listed')
+    await sbx.restartCodeContext(ctx)
+    await sbx.removeCodeContext(ctx)
+    record('contexts', contexts.length)
+
+    let timedOut = false
+    try {
+      await sbx.runCode('import time\nwhile True: time.sleep(0.05)', { timeoutMs: 1500 })
+    } catch (e) {
+      timedOut = e.name === 'TimeoutError'
+    }
+    check(timedOut, 'timeout')
+    check((await sbx.runCode('"next run"')).text === 'next run', 'after timeout')
+    record('timeout', true)
+  } finally {
+    await sbx.kill()
+  }
+  let killed = 'none'
+  try {
+    await sbx.runCode('1')
+  } catch (e) {
+    killed = e.name
+  }
+  record('killed', killed)
+  record('done', true)
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})

@@ -1,0 +1,140 @@
+"""Fixtures for the microvm runtime's tests: one LocalNode(runtime="microvm") for the
+session, the SDK in debug mode against a sandbox's envd, and leaks().
+
+These boot real QEMU microVMs (under TCG where the host lacks vmx/svm: slow guest code,
+so the template snapshot is taken once per session) and need root for network slots.
+Their slots use their own interface prefix and rules table, apart from other tests'.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hearth.node.interface import SandboxSpec
+
+PREFIX = "hvt"
+TABLE = "hearth_vmtest"
+POOL = "10.214.0.0/16"
+ENVD_PORT = 49983
+
+MICROVM = [
+    pytest.mark.microvm,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network slots, taps, nftables"),
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86 (setup.sh)"
+    ),
+]
+
+
+def spec(**overrides) -> SandboxSpec:
+    fields = {
+        "sandbox_id": secrets.token_hex(10),
+        "template_id": "debian",
+        "cpu_count": 1,
+        "memory_mb": 512,
+        "envd_access_token": secrets.token_hex(16),
+    }
+    fields.update(overrides)
+    return SandboxSpec(**fields)
+
+
+def sdk(address, token: str | None):
+    """An AsyncSandbox of the real e2b SDK talking to envd directly (debug mode)."""
+    from e2b import AsyncSandbox, ConnectionConfig
+    from packaging.version import Version
+
+    headers = {"X-Access-Token": token} if token else {}
+    config = ConnectionConfig(
+        debug=True,
+        sandbox_url=f"http://{address.host}:{address.port(ENVD_PORT)}",
+        extra_sandbox_headers=headers,
+    )
+    return AsyncSandbox(
+        sandbox_id="debug",
+        sandbox_domain=None,
+        envd_version=Version("0.6.13"),
+        envd_access_token=token,
+        traffic_access_token=None,
+        connection_config=config,
+    )
+
+
+async def run(address, token: str | None, command: str) -> str:
+    result = await sdk(address, token).commands.run(command, user="root", timeout=120)
+    return result.stdout
+
+
+def qemu_processes(data_dir: Path) -> list[str]:
+    """QEMU processes working under `data_dir` (their cwd is a VM's directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and cwd.startswith(str(data_dir)):
+            found.append(f"{entry} {cwd}")
+    return found
+
+
+def leaks(node) -> dict[str, list]:
+    """What of the node's sandboxes exists on the host now (pre-spawned VMMs excluded)."""
+    driver = node.runtime
+    pooled = {str(p.directory) for r in driver.vmms._ready.values() for p in r}
+    pooled_slots = {p.slot.interface for r in driver.vmms._ready.values() for p in r}
+    network = driver.network.leftovers()
+    found = {
+        "qemu": [q for q in qemu_processes(node.data_dir) if q.split()[1] not in pooled],
+        "sandbox dirs": sorted(os.listdir(driver.sandboxes_dir)),
+        "interfaces": [i for i in network["interfaces"] if i not in pooled_slots],
+        "netns": [n for n in network["netns"] if f"{PREFIX}{n}" not in pooled_slots],
+        "sources": [e for e in network["sources"] if e[0] not in pooled_slots],
+        "offline": network["offline"],
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="hearth-microvm-", dir="/var/tmp"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+    forget_snapshots()
+
+
+def forget_snapshots() -> None:
+    """Delete the RAM files of snapshots whose data directory is gone (on /dev/shm)."""
+    from hearth.node.runtime.microvm.snapshot import sweep_memory
+
+    sweep_memory()
+
+
+@pytest.fixture(scope="session")
+async def node(data_dir: Path) -> AsyncIterator:
+    from hearth.node.local import LocalNode
+    from hearth.node.runtime.microvm import driver
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(driver, "SLOT_PREFIX", PREFIX)
+    mp.setattr(driver, "RULES_TABLE", TABLE)
+    node = LocalNode(data_dir / "node", runtime="microvm", network_pool=POOL)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.close()
+        mp.undo()
+        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
