@@ -105,6 +105,10 @@ async def serve(
             node = await _start_node(options, data_dir)
             building = asyncio.create_task(_prepare(node, CODE_INTERPRETER_TEMPLATE))
             stack.callback(building.cancel)
+        elif (start := getattr(node, "start", None)) is not None:
+            # A node given by the caller is started (and so reconciled) here too: the
+            # API's reconcile below asks it what it runs and holds paused.
+            await start()
         # Container and microVM sandboxes outlive a restart of the server and are
         # adopted by the next start; isolated ones cannot, so they are stopped.
         detach = getattr(node, "detach", None)

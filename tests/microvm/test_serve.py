@@ -22,59 +22,92 @@ TABLE = "hearth_vmserve"
 POOL = "10.217.0.0/16"
 
 
+class Served:
+    """`hearth serve --runtime microvm` in a thread, stoppable and startable again on the
+    same data directory (a restart of the server)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.box: dict = {}
+        self.thread: threading.Thread | None = None
+
+    def start(self):
+        from hearth.node.local import LocalNode
+        from hearth.serve import ServeOptions, serve
+
+        options = ServeOptions(host="127.0.0.1", port=0, data_dir=self.data, runtime="microvm")
+        ready = threading.Event()
+        box = self.box = {}
+
+        def run() -> None:
+            async def main() -> None:
+                box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+                node = LocalNode(self.data / "node", runtime="microvm", network_pool=POOL)
+
+                def started(running) -> None:
+                    box["running"] = running
+                    ready.set()
+
+                await serve(options, node=node, started=started, stop=box["stop"])
+
+            try:
+                asyncio.run(main())
+            except BaseException as e:  # reported to the test
+                box["error"] = e
+            finally:
+                ready.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(900)
+        if "error" in box:
+            raise box["error"]
+        return box["running"]
+
+    def stop(self) -> None:
+        if self.thread is not None and "loop" in self.box:
+            self.box["loop"].call_soon_threadsafe(self.box["stop"].set)
+            self.thread.join(120)
+        self.thread = None
+
+
+def _use(patch: pytest.MonkeyPatch, running) -> None:
+    env = {
+        "E2B_API_URL": running.api_url,
+        "E2B_SANDBOX_URL": running.sandbox_url,
+        "E2B_DOMAIN": running.domain,
+    }
+    if running.api_key is not None:  # printed at the first start only; kept after
+        env["E2B_API_KEY"] = running.api_key
+    for name, value in env.items():
+        patch.setenv(name, value)
+    patch.delenv("E2B_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="module")
 def served():
-    from hearth.node.local import LocalNode
     from hearth.node.runtime.microvm import driver
-    from hearth.serve import ServeOptions, serve
 
     data = Path(tempfile.mkdtemp(prefix="hearth-microvm-serve-", dir="/var/tmp"))
     data.chmod(0o755)
     patch = pytest.MonkeyPatch()
     patch.setattr(driver, "SLOT_PREFIX", PREFIX)
     patch.setattr(driver, "RULES_TABLE", TABLE)
-    options = ServeOptions(host="127.0.0.1", port=0, data_dir=data, runtime="microvm")
-    ready = threading.Event()
-    box: dict = {}
-
-    def run() -> None:
-        async def main() -> None:
-            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-            node = LocalNode(data / "node", runtime="microvm", network_pool=POOL)
-
-            def started(running) -> None:
-                box["running"] = running
-                ready.set()
-
-            await serve(options, node=node, started=started, stop=box["stop"])
-
-        try:
-            asyncio.run(main())
-        except BaseException as e:  # reported to the test
-            box["error"] = e
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(900)
-    if "error" in box:
-        raise box["error"]
-    running = box["running"]
-    env = {
-        "E2B_API_KEY": running.api_key,
-        "E2B_API_URL": running.api_url,
-        "E2B_SANDBOX_URL": running.sandbox_url,
-        "E2B_DOMAIN": running.domain,
-    }
-    for name, value in env.items():
-        patch.setenv(name, value)
-    patch.delenv("E2B_DEBUG", raising=False)
+    server = Served(data)
+    _use(patch, server.start())
     try:
-        yield running
+        yield server, patch
     finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(120)
+        server.stop()
+        # What a detaching server left running, stopped by a node that adopts it.
+        from hearth.node.local import LocalNode
+
+        async def close_all() -> None:
+            node = LocalNode(data / "node", runtime="microvm", network_pool=POOL)
+            await node.start()
+            await node.close()
+
+        asyncio.run(close_all())
         patch.undo()
         subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -97,3 +130,52 @@ def test_sdk_create_run_files_pause_resume_kill(served):
         assert resumed.commands.run("pgrep -xf 'sleep 600'").stdout.strip() == pid
     finally:
         Sandbox.kill(sandbox.sandbox_id)
+
+
+COUNTER = (
+    "import os, time\n"
+    "n = 0\n"
+    "while True:\n"
+    "    n += 1\n"
+    "    open('/tmp/count.new', 'w').write(str(n))\n"
+    "    os.replace('/tmp/count.new', '/tmp/count')\n"
+    "    time.sleep(0.2)\n"
+)
+
+
+def test_a_paused_vm_resumes_with_its_memory_after_serve_restarts(served):
+    from e2b import Sandbox, SandboxState
+
+    server, patch = served
+    sandbox = Sandbox.create("base", timeout=600)
+    try:
+        sandbox.files.write("/tmp/counter.py", COUNTER)
+        sandbox.commands.run("python3 /tmp/counter.py", background=True)
+        find = "pgrep -xf 'python3 /tmp/counter.py' || true"
+        pid = _wait_for(lambda: sandbox.commands.run(find).stdout)
+        _wait_for(lambda: sandbox.commands.run("cat /tmp/count 2>/dev/null || true").stdout)
+        assert sandbox.beta_pause()
+
+        server.stop()
+        _use(patch, server.start())
+
+        assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
+        resumed = Sandbox.connect(sandbox.sandbox_id, timeout=600)
+        assert resumed.commands.run(find).stdout == pid
+        first = int(resumed.files.read("/tmp/count"))
+        later = _wait_for(
+            lambda: (n := int(resumed.files.read("/tmp/count"))) > first and n, tries=600
+        )
+        assert later > first
+    finally:
+        Sandbox.kill(sandbox.sandbox_id)
+
+
+def _wait_for(probe, tries: int = 300):
+    """Poll `probe` until it gives something truthy (no wall-clock limit: a number of
+    tries, each a round trip to the guest)."""
+    for _ in range(tries):
+        value = probe()
+        if value:
+            return value
+    raise AssertionError("the guest never got there")

@@ -58,6 +58,7 @@ import httpx
 from hearth.node.guest.envd_bundle import envd_command, envd_environment
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
+from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 
@@ -286,7 +287,7 @@ class ContainerRuntime:
             # is another sandbox's, never to be removed by this one's unwinding.
             directory.mkdir(mode=0o711)
             release.push("its directory", shutil.rmtree, directory)
-            await _to_thread_to_the_end(
+            await to_thread_to_the_end(
                 self._fill_directory, directory, spec, record, slot, template
             )
             await self._boot(sandbox, spec, running)
@@ -314,7 +315,7 @@ class ContainerRuntime:
         )
         sandbox.container = container
         record.monitor_pid = container.monitor_pid
-        await _to_thread_to_the_end(_write_record, directory, record)
+        await to_thread_to_the_end(_write_record, directory, record)
         await self._wait_healthy(slot.address, container, directory)
         sandbox.init_pid = container.init_pid
         await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
@@ -335,7 +336,7 @@ class ContainerRuntime:
         record.claimed_as = spec.sandbox_id
         record.template_id = spec.template_id
         record.metadata = dict(spec.metadata)
-        await _to_thread_to_the_end(_write_record, sandbox.directory, record)
+        await to_thread_to_the_end(_write_record, sandbox.directory, record)
 
     # --- pause and resume ------------------------------------------------------------
 
@@ -385,7 +386,7 @@ class ContainerRuntime:
                 )
                 sandbox.slot = slot
                 record.slot_index = slot.index
-                await _to_thread_to_the_end(self._rewire, sandbox.directory, record, slot)
+                await to_thread_to_the_end(self._rewire, sandbox.directory, record, slot)
                 await self._boot(sandbox, spec, running)
             except BaseException:
                 await sandbox._release_running()
@@ -888,31 +889,9 @@ class _Releaser:
         """Run the blocking `acquire()` in a thread and push the release of what it
         returns. Cancelled meanwhile, it still waits for the thread and pushes the
         release before re-raising: a thread is never left to acquire for no one."""
-        future = asyncio.ensure_future(asyncio.to_thread(acquire))
-        try:
-            result = await _until_done(future)
-        finally:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.push(what, release_of(future.result()))
-        return result
-
-
-async def _until_done(future: asyncio.Future[T]) -> T:
-    """Await `future`; if the awaiting task is cancelled, still wait for the future to
-    finish, then re-raise the cancellation."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(future)
-        raise
-
-
-async def _to_thread_to_the_end(work: Callable[..., T], *args: object) -> T:
-    """asyncio.to_thread, but a cancellation waits for the thread to finish (so that no
-    release runs while it still works), then propagates."""
-    return await _until_done(asyncio.ensure_future(asyncio.to_thread(work, *args)))
+        return await to_thread_to_the_end(
+            acquire, taken=lambda result: self.push(what, release_of(result))
+        )
 
 
 def envd_client() -> httpx.AsyncClient:

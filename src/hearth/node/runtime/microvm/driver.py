@@ -43,8 +43,8 @@ from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.network.slots import DEFAULT_POOL, DEFAULT_PREFIX
 from hearth.node.runtime import hardware_virtualization
+from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm import guestnet
-from hearth.node.runtime.microvm._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm.snapshot import (
     Snapshot,
     create_overlay,

@@ -35,8 +35,8 @@ import httpx
 
 from hearth.node.disk.cache import STAMP_NAME, locked, progress, read_stamp
 from hearth.node.network import NetworkPool
+from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm import guestnet
-from hearth.node.runtime.microvm._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm.vmm import Machine, Vmm, VmmError
 
 log = logging.getLogger(__name__)
