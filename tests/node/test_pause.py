@@ -146,14 +146,17 @@ async def test_kill_of_a_paused_sandbox_releases_everything(node) -> None:
     assert wait_no_leaks(node.data_dir) == {}
 
 
-async def test_memory_can_be_dropped_from_a_pause(node) -> None:
+async def test_memory_pressure_turns_a_memory_pause_into_a_filesystem_one(node) -> None:
     token = secrets.token_urlsafe(16)
     s = spec(envd_access_token=token)
     address = await node.create(s)
     try:
         await _run(address, token, "echo kept > /home/user/file")
         await node.pause(s.sandbox_id)
-        await node.paused_sandbox(s.sandbox_id).drop_memory()
+        assert await node.relieve_memory(available_mb=node.memory_reserve_mb) == []
+        assert await node.paused() == {s.sandbox_id: True}
+        # Short of memory (as told): the frozen container is let go, its files kept.
+        assert await node.relieve_memory(available_mb=0) == [s.sandbox_id]
         assert await node.paused() == {s.sandbox_id: False}
         assert set(wait_no_leaks(node.data_dir)) == {"sandbox dirs"}
         address = await node.resume(s)

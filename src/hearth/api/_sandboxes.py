@@ -540,6 +540,17 @@ class Sandboxes:
         (paused ones never expire: they are kept until killed), kill the rest."""
         expired = await self._store.expired_sandboxes(now())
         await asyncio.gather(*(self._expire(s) for s in expired))
+        # A host short of memory lets go of frozen containers' memory: those pauses are
+        # filesystem-only from now on (pauseMode), and no longer resumed by traffic.
+        for sandbox_id in await self._node.relieve_memory():
+            async with self._lock(sandbox_id):
+                self._live.remove(sandbox_id)
+                await self._store.set_sandbox_state(
+                    sandbox_id,
+                    SandboxState.PAUSED,
+                    expected=[SandboxState.PAUSED],
+                    pause_memory=False,
+                )
 
     async def _expire(self, sandbox: Sandbox) -> None:
         if sandbox.auto_pause:

@@ -60,6 +60,10 @@ class Node(Protocol):
         """Resume the paused sandbox `spec.sandbox_id` (same id, same envd access
         token); returns once envd answers. SandboxNotFound if it is not paused here."""
 
+    async def relieve_memory(self) -> list[str]:
+        """If the host is short of memory, turn memory pauses that hold host memory into
+        filesystem-only ones; returns the ids so changed."""
+
     async def paused(self) -> dict[str, bool]:
         """The sandboxes paused on this node, each with whether its memory was kept
         (for reconcile: a memory pause may become filesystem-only across a restart)."""

@@ -73,6 +73,9 @@ class _Paused(Protocol):
     async def discard(self) -> None:
         """Release everything the paused sandbox holds, its disk state too."""
 
+    # Optional: `async def drop_memory()`, for a pause that holds host memory (a frozen
+    # container): turn it into a filesystem-only pause. `memory` is False afterwards.
+
 
 class _Runtime(Protocol):
     """What LocalNode needs of a runtime (to move to runtime/base.py with a second user)."""
@@ -113,8 +116,14 @@ class LocalNode:
         start_timeout: float = 60.0,
         no_new_privileges: bool = False,
         dns_servers: list[str] | None = None,
+        memory_reserve_mb: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Below this much available host memory, paused sandboxes that hold memory
+        # (frozen containers) are turned into filesystem-only pauses, oldest first.
+        self.memory_reserve_mb = (
+            memory_reserve_mb if memory_reserve_mb is not None else _default_reserve_mb()
+        )
         self.kind = runtime
         self._templates = dict(templates or {})
         self._default_root = default_root
@@ -276,6 +285,29 @@ class LocalNode:
 
     async def paused(self) -> dict[str, bool]:
         return {sandbox_id: p.memory for sandbox_id, p in self._paused.items()}
+
+    async def relieve_memory(self, available_mb: int | None = None) -> list[str]:
+        """When the host runs short of memory (less available than `memory_reserve_mb`),
+        turn memory pauses that hold host memory into filesystem-only ones, oldest pause
+        first, until enough is free. Returns the ids whose memory was dropped; their
+        next resume boots again over their files (`paused()` says so)."""
+        dropped: list[str] = []
+        for sandbox_id in list(self._paused):
+            available = available_mb if available_mb is not None else _available_mb()
+            if available >= self.memory_reserve_mb:
+                break
+            async with self._lock(sandbox_id):
+                paused = self._paused.get(sandbox_id)
+                drop = getattr(paused, "drop_memory", None)
+                if paused is None or not paused.memory or drop is None:
+                    continue
+                await drop()
+                dropped.append(sandbox_id)
+                log.warning(
+                    "host memory low: sandbox %s is now paused to its files only", sandbox_id
+                )
+            available_mb = None  # measure again after each release
+        return dropped
 
     def paused_sandbox(self, sandbox_id: str) -> _Paused:
         """The runtime's object for a paused sandbox (tests and diagnostics)."""
@@ -518,3 +550,19 @@ class _IsolatedDriver:
 
     async def shutdown(self) -> None:
         return None
+
+
+def _available_mb() -> int:
+    """MemAvailable of the host, in MiB."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 1 << 30  # unknown: never under pressure
+
+
+def _default_reserve_mb() -> int:
+    """5% of the host's memory, at least 256 MiB."""
+    with open("/proc/meminfo") as meminfo:
+        total_kib = int(meminfo.readline().split()[1])  # MemTotal comes first
+    return max(256, total_kib // 1024 // 20)
