@@ -51,6 +51,9 @@ class Directory:
             if route.envd_access_token:
                 yield sandbox_id, route.envd_access_token
 
+    async def wake(self, sandbox_id: str) -> bool:
+        return False  # nothing here is paused
+
 
 class Upstream:
     """The sandbox's server: an ASGI app with hooks the tests synchronize on."""

@@ -67,8 +67,9 @@ class SandboxDirectory(Protocol):
     def secured(self) -> Iterable[tuple[str, str]]:
         """(sandbox id, envd access token) of every running sandbox that has a token."""
 
-    # Optional: `async def wake(sandbox_id) -> bool` resumes a paused sandbox that
-    # traffic may resume (autoResume) and says whether it runs now.
+    async def wake(self, sandbox_id: str) -> bool:
+        """Resume a paused sandbox that traffic may resume (autoResume); True if it runs
+        now, False if it is not one to resume."""
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ class Gateway:
         if refusal is not None:
             return refusal
         route = self._directory.route(where.sandbox_id)
-        wake = getattr(self._directory, "wake", None)
-        if route is None and wake is not None and await wake(where.sandbox_id):
+        if route is None and await self._directory.wake(where.sandbox_id):
             route = self._directory.route(where.sandbox_id)
         if route is None:
             return routing.not_found(where.sandbox_id)
