@@ -231,3 +231,24 @@ async def test_a_create_given_up_midway_leaves_nothing(node, after):
         await node.kill(s.sandbox_id)  # it made it in time
     assert await _wait_no_leaks(node) == {}
     assert node.address(s.sandbox_id) is None
+
+
+async def test_warm_takes_the_snapshot_and_prespawns_its_vmms(node):
+    from hearth.node.runtime.microvm.snapshot import snapshot_complete
+
+    # A shape no other test uses, so its snapshot is taken here, ahead of any create.
+    await node.warm("debian", cpu_count=1, memory_mb=384, size=1)
+    driver = node.runtime
+    for _ in range(1200):  # bounded: until the background work is done; no timing asserted
+        known = [s for key, s in driver._snapshots.items() if key.endswith("/1/384")]
+        if known and snapshot_complete(known[0]) and driver.vmms._ready.get(known[0].key):
+            break
+        await asyncio.sleep(0.1)
+    assert known and snapshot_complete(known[0])
+    assert driver.vmms._ready.get(known[0].key), "no VMM was pre-spawned for the snapshot"
+    s = spec(memory_mb=384)
+    address = await node.create(s)  # served by the pre-spawned VMM
+    try:
+        assert (await run(address, s.envd_access_token, "echo warm")).strip() == "warm"
+    finally:
+        await node.kill(s.sandbox_id)

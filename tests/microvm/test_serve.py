@@ -35,7 +35,13 @@ class Served:
         from hearth.node.local import LocalNode
         from hearth.serve import ServeOptions, serve
 
-        options = ServeOptions(host="127.0.0.1", port=0, data_dir=self.data, runtime="microvm")
+        options = ServeOptions(
+            host="127.0.0.1",
+            port=0,
+            data_dir=self.data,
+            runtime="microvm",
+            pool_sizes={"base": 1},  # the snapshot of base is taken at start, not at a create
+        )
         ready = threading.Event()
         box = self.box = {}
 

@@ -89,6 +89,10 @@ class _Runtime(Protocol):
     async def reconcile_paused(self) -> dict[str, _Paused]:
         """The paused sandboxes found at start (called after `reconcile`)."""
 
+    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+        """Prepare ahead what creates of that shape start from (LocalNode keeps the
+        container runtime's pool itself)."""
+
     async def detach(self) -> None:
         """Release what the runtime holds beside its sandboxes (a node that exits and
         will adopt its sandboxes again)."""
@@ -147,6 +151,7 @@ class LocalNode:
         self._start_lock = asyncio.Lock()
         self._closed = False
         self._pool: WarmPool[_Sandbox] | None = None  # container runtime only
+        self._tasks: set[asyncio.Task[None]] = set()  # background preparation
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -221,12 +226,36 @@ class LocalNode:
     async def warm(self, template_id: str, *, cpu_count: int, memory_mb: int, size: int) -> None:
         """Keep `size` sandboxes of `template_id`'s root kind started ahead of the
         creates of that shape (internet allowed); 0 stops keeping them. Returns at once:
-        they start in the background. Only the container runtime keeps a pool (microVMs
-        restore from snapshots, isolated envds start fast enough)."""
+        they start in the background. The container runtime keeps a pool of sandboxes;
+        the microvm runtime takes the template's snapshot and pre-spawns its VMMs (its
+        creates restore from the snapshot); isolated envds start fast enough."""
         await self.start()
-        if self._pool is not None and not self._closed:
-            kind = self._root_kind(template_id)
+        if self._closed:
+            return
+        kind = self._root_kind(template_id)
+        if self._pool is not None:
             self._pool.configure(PoolShape(kind, template_id, cpu_count, memory_mb, size))
+        elif size > 0:
+            self._background(self._warm_runtime(kind, cpu_count, memory_mb))
+
+    async def _warm_runtime(self, kind: RootKind, cpu_count: int, memory_mb: int) -> None:
+        assert self.runtime is not None
+        try:
+            root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
+            await self.runtime.warm(kind, root, cpu_count, memory_mb)
+        except Exception as e:  # noqa: BLE001 - a create builds it again and reports it
+            log.warning("could not prepare %s sandboxes ahead: %s", kind, e)
+
+    def _background(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_background(self) -> None:
+        tasks, self._tasks = set(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def pooled(self) -> dict[str, int]:
         """How many pooled sandboxes wait now, per root kind (tests and diagnostics)."""
@@ -346,6 +375,7 @@ class LocalNode:
         Container and microVM sandboxes outlive the node process; isolated ones end with it.
         The warm pool's sandboxes are stopped: nobody has claimed them."""
         self._closed = True
+        await self._cancel_background()
         if self._pool is not None:
             await self._pool.close()
         self._sandboxes = {}
@@ -356,6 +386,7 @@ class LocalNode:
     async def close(self) -> None:
         """Stop every sandbox, paused ones too, and release what the node holds."""
         self._closed = True
+        await self._cancel_background()
         if self._pool is not None:
             await self._pool.close()
         sandboxes, self._sandboxes = self._sandboxes, {}
@@ -430,6 +461,9 @@ class _ContainerDriver:
     async def reconcile_paused(self) -> dict[str, _Paused]:
         found, self._adopted_paused = self._adopted_paused, {}
         return found
+
+    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+        return None
 
     async def detach(self) -> None:
         return None
@@ -544,6 +578,9 @@ class _IsolatedDriver:
 
     async def reconcile_paused(self) -> dict[str, _Paused]:
         return {}
+
+    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+        return None
 
     async def detach(self) -> None:
         return None
