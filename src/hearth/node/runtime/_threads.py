@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 async def to_thread_to_the_end(
@@ -29,3 +32,26 @@ async def to_thread_to_the_end(
         done = future.done() and not future.cancelled() and future.exception() is None
         if taken is not None and done:
             taken(future.result())
+
+
+def threaded_release(
+    sandbox_id: str,
+    what: str,
+    errors: list[BaseException],
+    release: Callable[..., object],
+    *args: object,
+) -> Callable[[], Awaitable[None]]:
+    """An exit-stack callback that runs the blocking `release(*args)` in a thread. What
+    is gone already (FileNotFoundError) is fine; any other failure is logged and kept in
+    `errors`, and never stops the releases after it."""
+
+    async def run() -> None:
+        try:
+            await asyncio.to_thread(release, *args)
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            log.error("sandbox %s: releasing %s failed: %s", sandbox_id, what, e)
+            errors.append(e)
+
+    return run

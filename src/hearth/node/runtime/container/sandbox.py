@@ -58,7 +58,7 @@ import httpx
 from hearth.node.guest.envd_bundle import envd_command, envd_environment
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
-from hearth.node.runtime._threads import to_thread_to_the_end
+from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
 from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 
@@ -868,17 +868,9 @@ class _Releaser:
 
     def push(self, what: str, release: Callable[..., object], *args: object) -> None:
         sandbox = self._sandbox
-
-        async def run() -> None:
-            try:
-                await asyncio.to_thread(release, *args)
-            except FileNotFoundError:
-                pass
-            except Exception as e:
-                log.error("sandbox %s: releasing %s failed: %s", sandbox.sandbox_id, what, e)
-                sandbox.release_errors.append(e)
-
-        self._stack.push_async_callback(run)
+        self._stack.push_async_callback(
+            threaded_release(sandbox.sandbox_id, what, sandbox.release_errors, release, *args)
+        )
 
     async def take(
         self,

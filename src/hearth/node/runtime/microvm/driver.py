@@ -43,7 +43,7 @@ from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.network.slots import DEFAULT_POOL, DEFAULT_PREFIX
 from hearth.node.runtime import hardware_virtualization
-from hearth.node.runtime._threads import to_thread_to_the_end
+from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
 from hearth.node.runtime.microvm import guestnet
 from hearth.node.runtime.microvm.snapshot import (
     Snapshot,
@@ -130,16 +130,7 @@ class MicroVMSandbox:
 
     def push(self, what: str, release, *args, vm: bool = True) -> None:
         """Register a blocking release (run in a thread; a failure is logged and kept)."""
-
-        async def run() -> None:
-            try:
-                await asyncio.to_thread(release, *args)
-            except FileNotFoundError:
-                pass
-            except Exception as e:
-                log.error("sandbox %s: releasing %s failed: %s", self.sandbox_id, what, e)
-                self.release_errors.append(e)
-
+        run = threaded_release(self.sandbox_id, what, self.release_errors, release, *args)
         (self._vm_stack if vm else self._stack).push_async_callback(run)
 
     async def stop(self) -> None:
