@@ -6,8 +6,13 @@ In `hearth serve` the node is in-process; in a cluster the same calls go over no
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+from hearth.template.artifact import Artifact
+from hearth.template.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,35 @@ class SandboxSpec:
     envd_access_token: str | None = None  # set on envd through /init; None: no token
     allow_internet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
+    # What the sandbox starts from (the api resolves the template's ready build). None:
+    # the built-in template named by `template_id` (busybox, debian, base, ...).
+    artifact: Artifact | None = None
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build of a template: its recipe, and what the recipe refers to, resolved by
+    the caller (the parent template's artifact, the uploaded COPY files)."""
+
+    template_id: str
+    build_id: str
+    team_id: str | None  # None: a built-in template (its layers are shared by all teams)
+    recipe: Recipe
+    parent: Artifact | None = None  # the artifact of `recipe.base.template`
+    files: Mapping[str, Path] = field(default_factory=dict)  # filesHash -> tar on this host
+
+
+# level ("debug", "info", "warn", "error"), message, step ("base", "1".., "finalize")
+BuildLog = Callable[[str, str, str | None], None]
+
+
+class BuildFailed(RuntimeError):
+    """A build failed at `step` ("base", "N" for the Nth step, "finalize"); the message
+    says why and, where it can, what to do."""
+
+    def __init__(self, message: str, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -45,7 +79,16 @@ class PauseNotSupported(RuntimeError):
 
 class Node(Protocol):
     async def create(self, spec: SandboxSpec) -> SandboxAddress:
-        """Start a sandbox; returns once envd answers /health and /init was applied."""
+        """Start a sandbox; returns once envd answers /health and /init was applied and
+        its template's start command is ready."""
+
+    async def build(self, request: BuildRequest, log: BuildLog) -> Artifact:
+        """Build a template's recipe into layers on this node; BuildFailed with the
+        failing step. Cancelling the call cancels the build and leaves nothing behind."""
+
+    async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
+        """Free the layers (and snapshots) of `drop` that no artifact of `keep` uses and
+        no sandbox has mounted (a template was deleted)."""
 
     async def kill(self, sandbox_id: str) -> bool:
         """Stop a sandbox, running or paused, and release everything it holds (its
