@@ -31,6 +31,12 @@ class Settings:
     # "3" sets every template's, "base=4,code-interpreter-v1=0" sets some templates'
     # (the others keep their default).
     pool_sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_POOL_SIZES))
+    # HOST:PORT of a registry mirror tried first for Docker Hub images, as Docker's
+    # registry mirrors are (plain HTTP allowed on loopback). None: Docker Hub only.
+    registry_mirror: str | None = None
+    # CA certificates that template build steps trust (pip, curl, git, node): the
+    # host's, so a build works behind the same TLS-inspecting proxy as the host.
+    build_ca_bundle: Path | None = None
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -45,7 +51,16 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         runtime=(env.get("HEARTH_RUNTIME") or "auto").strip().lower(),
         pool_sizes=_pool_sizes(env.get("HEARTH_POOL_SIZE") or ""),
+        registry_mirror=(env.get("HEARTH_REGISTRY_MIRROR") or "").strip() or None,
+        build_ca_bundle=_ca_bundle(env.get("HEARTH_BUILD_CA_BUNDLE")),
     )
+
+
+def _ca_bundle(value: str | None) -> Path | None:
+    if value is not None:
+        return Path(value) if value.strip() else None
+    host = Path("/etc/ssl/certs/ca-certificates.crt")
+    return host if host.is_file() else None
 
 
 def _pool_sizes(value: str) -> dict[str, int]:

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import secrets
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Protocol, Self, get_args
+from typing import Literal, Protocol, Self
 
-from hearth.node.disk.rootfs import RootKind, ensure_root
+from hearth.config import settings
+from hearth.node.guest import envd_client
 from hearth.node.guest.envd_bundle import ensure_bundle
-from hearth.node.guest.start_command import (
-    StartCommandError,
-    is_ready,
-    run_start_command,
-    start_command,
-    start_template,
-)
 from hearth.node.interface import (
+    BuildLog,
+    BuildRequest,
     PauseNotSupported,
     SandboxAddress,
     SandboxNotFound,
@@ -42,14 +39,20 @@ from hearth.node.network import NetworkPool
 from hearth.node.network.slots import DEFAULT_POOL
 from hearth.node.pool import PoolShape, WarmPool
 from hearth.node.runtime import _freezer
+from hearth.template import builtins
+from hearth.template.artifact import Artifact
+from hearth.template.builder import Builder, StartFailed, wait_started
+from hearth.template.layers import LayerStore
 
 log = logging.getLogger(__name__)
 
 RuntimeKind = Literal["container", "isolated", "microvm"]
-ENVD_PORT = 49983
-# Template ids that name a root kind ("busybox", "debian", ...) run on that root; others
-# on the mapping given to LocalNode, else on `default_root`. (Until templates are built.)
-ROOT_KINDS = frozenset(get_args(RootKind))
+ENVD_PORT = envd_client.ENVD_PORT
+ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
+
+
+class UnknownTemplate(LookupError):
+    """A create named no artifact and no built-in template."""
 
 
 class _Sandbox(Protocol):
@@ -82,14 +85,17 @@ class _Runtime(Protocol):
 
     async def setup(self) -> None: ...
 
-    async def start(self, spec: SandboxSpec, kind: RootKind, root: Path) -> _Sandbox: ...
+    async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
+        """Start a sandbox of `spec` (its artifact set) over the artifact's layers."""
 
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]: ...
 
     async def reconcile_paused(self) -> dict[str, _Paused]:
         """The paused sandboxes found at start (called after `reconcile`)."""
 
-    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+    async def warm(
+        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> None:
         """Prepare ahead what creates of that shape start from (LocalNode keeps the
         container runtime's pool itself)."""
 
@@ -109,8 +115,6 @@ class LocalNode:
         data_dir: Path,
         *,
         runtime: RuntimeKind = "container",
-        templates: Mapping[str, RootKind] | None = None,
-        default_root: RootKind = "debian",
         cache_dir: Path | None = None,
         bundle_dir: Path | None = None,
         oci_runtime: str | None = None,
@@ -121,6 +125,7 @@ class LocalNode:
         no_new_privileges: bool = False,
         dns_servers: list[str] | None = None,
         memory_reserve_mb: int | None = None,
+        registry_mirror: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         # Below this much available host memory, paused sandboxes that hold memory
@@ -129,9 +134,14 @@ class LocalNode:
             memory_reserve_mb if memory_reserve_mb is not None else _default_reserve_mb()
         )
         self.kind = runtime
-        self._templates = dict(templates or {})
-        self._default_root = default_root
         self._cache_dir = cache_dir
+        self.layers = LayerStore((cache_dir or settings().cache_dir) / "layers")
+        self._registry_mirror = registry_mirror
+        self._builder: Builder | None = None
+        self._build_driver: _ContainerDriver | None = None  # builds run in containers
+        self._builtins: dict[str, Artifact] = {}
+        self._builtin_locks: dict[str, asyncio.Lock] = {}
+        self._pool_artifacts: dict[str, Artifact] = {}  # pool kind (artifact key) -> it
         self._bundle_dir = bundle_dir
         self._options = {
             "oci_runtime": oci_runtime,
@@ -208,43 +218,137 @@ class LocalNode:
             raise ValueError(f"sandbox {sandbox_id} exists")
         self._starting.add(sandbox_id)
         try:
-            kind = self._root_kind(spec.template_id)
-            sandbox = await self._pool.take(kind, spec) if self._pool else None
+            spec = replace(spec, artifact=await self._artifact(spec))
+            assert spec.artifact is not None
+            sandbox = await self._pool.take(spec.artifact.key, spec) if self._pool else None
             if sandbox is None:
-                root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
-                sandbox = await self.runtime.start(spec, kind, root)
-                await start_template(sandbox, kind, spec)  # stops the sandbox if it fails
+                layers = await self._layer_paths(spec.artifact)
+                sandbox = await self.runtime.start(spec, layers)
+                await self._start_template(sandbox, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
         finally:
             self._starting.discard(sandbox_id)
         return sandbox.address
 
-    async def prepare(self, template_id: str) -> None:
-        """Build (or find cached) what sandboxes of `template_id` start from."""
-        await asyncio.to_thread(ensure_root, self._root_kind(template_id), self._cache_dir)
+    async def _artifact(self, spec: SandboxSpec) -> Artifact:
+        if spec.artifact is not None:
+            return spec.artifact
+        if spec.template_id in builtins.names():
+            return await self.builtin(spec.template_id)
+        raise UnknownTemplate(f"template {spec.template_id!r} not found")
 
-    async def warm(self, template_id: str, *, cpu_count: int, memory_mb: int, size: int) -> None:
-        """Keep `size` sandboxes of `template_id`'s root kind started ahead of the
-        creates of that shape (internet allowed); 0 stops keeping them. Returns at once:
-        they start in the background. The container runtime keeps a pool of sandboxes;
-        the microvm runtime takes the template's snapshot and pre-spawns its VMMs (its
-        creates restore from the snapshot); isolated envds start fast enough."""
+    async def _layer_paths(self, artifact: Artifact) -> list[Path]:
+        missing = self.layers.missing(artifact.layers)
+        if missing:
+            raise UnknownTemplate(
+                f"the template's layers {', '.join(missing)} are not on this node: build it again"
+            )
+        return self.layers.paths(artifact.layers)
+
+    async def _start_template(self, sandbox: _Sandbox, spec: SandboxSpec) -> None:
+        """Run the template's start command in a new sandbox and wait for its ready
+        command (an explicit one: E2B's implicit `sleep 20` was waited out by the
+        build). A failure stops the sandbox, so a failed create leaves nothing."""
+        artifact = spec.artifact
+        if artifact is None or not artifact.start_cmd:
+            return
+        address = sandbox.address
+        try:
+            await wait_started(
+                f"http://{address.host}:{address.port(ENVD_PORT)}",
+                artifact,
+                access_token=spec.envd_access_token,
+                wait_default=False,
+            )
+        except BaseException:
+            await sandbox.stop()
+            raise
+
+    # --- templates ----------------------------------------------------------------------
+
+    async def builtin(self, name: str, log: BuildLog | None = None) -> Artifact:
+        """The artifact of the built-in template `name`, built (or found cached) here."""
+        if name in self._builtins:
+            return self._builtins[name]
+        async with self._builtin_locks.setdefault(name, asyncio.Lock()):
+            if name not in self._builtins:
+                recipe = builtins.recipe(name, self.layers.root.parent / "builtin-files")
+                parent = (
+                    await self.builtin(recipe.base.template, log) if recipe.base.template else None
+                )
+                request = BuildRequest(name, "builtin", None, recipe, parent=parent)
+                self._builtins[name] = await self.build(request, log or _progress_log)
+        return self._builtins[name]
+
+    async def prepare(self, template_id: str) -> None:
+        """Build (or find cached) the built-in template `template_id`."""
+        await self.builtin(template_id)
+
+    async def build(self, request: BuildRequest, log: BuildLog) -> Artifact:
+        await self.start()
+        builder = await self._ensure_builder()
+        return await builder.build(request, log)
+
+    async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
+        used = {key for a in [*keep, *self._builtins.values()] for key in a.layers}
+        doomed = {key for a in drop for key in a.layers} - used
+        if doomed:
+            await asyncio.to_thread(self.layers.remove, sorted(doomed))
+
+    async def _ensure_builder(self) -> Builder:
+        if self._builder is not None:
+            return self._builder
+        driver = self.runtime if isinstance(self.runtime, _ContainerDriver) else None
+        if driver is None:
+            # Build steps always run in container sandboxes, whatever runs the others.
+            driver = self._build_driver = _ContainerDriver(
+                self.data_dir / "builds", self._bundle_dir, **self._options
+            )
+            await driver.setup()
+        config = settings()
+        self._builder = Builder(
+            self.layers,
+            lambda layers, cpu, memory: _open_build_sandbox(driver, layers, cpu, memory),
+            self.builtin,
+            envd_version=ENVD_VERSION,
+            bundle_dir=ensure_bundle(self._bundle_dir),
+            registry_mirror=self._registry_mirror or config.registry_mirror,
+            ca_bundle=config.build_ca_bundle,
+        )
+        return self._builder
+
+    async def warm(
+        self,
+        template_id: str,
+        *,
+        artifact: Artifact | None = None,
+        cpu_count: int,
+        memory_mb: int,
+        size: int,
+    ) -> None:
+        """Keep `size` sandboxes of the template (its `artifact`, else the built-in
+        `template_id`) started ahead of the creates of that shape (internet allowed),
+        its start command ready; 0 stops keeping them. Returns at once: they start in
+        the background. The container runtime keeps a pool of sandboxes; the microvm
+        runtime takes the template's snapshot and pre-spawns its VMMs (its creates
+        restore from the snapshot); isolated envds start fast enough."""
         await self.start()
         if self._closed:
             return
-        kind = self._root_kind(template_id)
+        artifact = artifact or await self.builtin(template_id)
         if self._pool is not None:
-            self._pool.configure(PoolShape(kind, template_id, cpu_count, memory_mb, size))
+            self._pool_artifacts[artifact.key] = artifact
+            self._pool.configure(PoolShape(artifact.key, template_id, cpu_count, memory_mb, size))
         elif size > 0:
-            self._background(self._warm_runtime(kind, cpu_count, memory_mb))
+            self._background(self._warm_runtime(artifact, cpu_count, memory_mb))
 
-    async def _warm_runtime(self, kind: RootKind, cpu_count: int, memory_mb: int) -> None:
+    async def _warm_runtime(self, artifact: Artifact, cpu_count: int, memory_mb: int) -> None:
         assert self.runtime is not None
         try:
-            root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
-            await self.runtime.warm(kind, root, cpu_count, memory_mb)
+            layers = await self._layer_paths(artifact)
+            await self.runtime.warm(artifact, layers, cpu_count, memory_mb)
         except Exception as e:  # noqa: BLE001 - a create builds it again and reports it
-            log.warning("could not prepare %s sandboxes ahead: %s", kind, e)
+            log.warning("could not prepare sandboxes of %s ahead: %s", artifact.key, e)
 
     def _background(self, work) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -263,16 +367,24 @@ class LocalNode:
 
     async def _start_member(self, spec: SandboxSpec, kind: str) -> _Sandbox:
         assert isinstance(self.runtime, _ContainerDriver)
-        root = await asyncio.to_thread(ensure_root, kind, self._cache_dir)
-        sandbox = await self.runtime.start_pooled(spec, root)
-        await start_template(sandbox, kind, spec)  # stops the sandbox if it fails
+        artifact = self._pool_artifacts[kind]
+        spec = replace(spec, artifact=artifact)
+        sandbox = await self.runtime.start_pooled(spec, await self._layer_paths(artifact))
+        await self._start_template(sandbox, spec)  # stops the sandbox if it fails
         return sandbox
 
     async def _claim_member(self, sandbox: _Sandbox, kind: str, spec: SandboxSpec) -> None:
         assert isinstance(self.runtime, _ContainerDriver)
-        command = start_command(kind)
-        if command is not None and not await is_ready(sandbox.address, command):
-            raise StartCommandError(f"the {kind} start command no longer answers")
+        artifact = self._pool_artifacts[kind]
+        if artifact.start_cmd and artifact.ready_cmd and artifact.ready_explicit:
+            address = sandbox.address
+            check = await envd_client.run(
+                f"http://{address.host}:{address.port(ENVD_PORT)}",
+                envd_client.shell(artifact.ready_cmd),
+                user=artifact.user,
+            )
+            if check.exit_code != 0:
+                raise StartFailed(f"the start command of {kind} is no longer ready")
         await self.runtime.claim(sandbox, spec)
 
     async def kill(self, sandbox_id: str) -> bool:
@@ -303,13 +415,21 @@ class LocalNode:
             if paused is None:
                 raise SandboxNotFound(sandbox_id)
             cold = not paused.memory
+            if spec.artifact is None and spec.template_id in builtins.names():
+                spec = replace(spec, artifact=await self.builtin(spec.template_id))
             sandbox = await paused.resume(spec)
             del self._paused[sandbox_id]
             self._sandboxes[sandbox_id] = sandbox
-            command = start_command(self._root_kind(spec.template_id)) if cold else None
-            if command is not None:
+            artifact = spec.artifact
+            if cold and artifact is not None and artifact.start_cmd:
                 # A cold boot starts the template's services again, as a create does.
-                await run_start_command(sandbox.address, spec.envd_access_token, command)
+                address = sandbox.address
+                await wait_started(
+                    f"http://{address.host}:{address.port(ENVD_PORT)}",
+                    artifact,
+                    access_token=spec.envd_access_token,
+                    wait_default=False,
+                )
             return sandbox.address
 
     async def paused(self) -> dict[str, bool]:
@@ -362,13 +482,6 @@ class LocalNode:
     async def running(self) -> list[str]:
         return sorted(self._sandboxes)
 
-    def _root_kind(self, template_id: str) -> RootKind:
-        if template_id in self._templates:
-            return self._templates[template_id]
-        if template_id in ROOT_KINDS:
-            return template_id  # type: ignore[return-value]
-        return self._default_root
-
     async def detach(self) -> None:
         """Let go of the sandboxes without stopping them, for a node process that exits
         and will be started again: its next `start()` adopts them (see `reconcile`).
@@ -398,6 +511,46 @@ class LocalNode:
         )
         if self.runtime is not None:
             await self.runtime.shutdown()
+        if self._build_driver is not None:
+            await self._build_driver.shutdown()
+
+
+def _progress_log(level: str, message: str, step: str | None) -> None:
+    """Build logs of the built-in templates when nobody records them: the console."""
+    from hearth.node.disk.cache import progress
+
+    if level != "debug":
+        progress(message)
+
+
+class _BuildSandbox:
+    """A container sandbox a build step runs in (see `template.builder.BuildSandbox`)."""
+
+    def __init__(self, sandbox) -> None:
+        self._sandbox = sandbox
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._sandbox.address.host}:{ENVD_PORT}"
+
+    async def commit(self, dest: Path) -> None:
+        await self._sandbox.commit(dest)
+
+    async def stop(self) -> None:
+        await self._sandbox.stop()
+
+
+async def _open_build_sandbox(
+    driver: _ContainerDriver, layers: list[Path], cpu_count: int, memory_mb: int
+) -> _BuildSandbox:
+    spec = SandboxSpec(
+        sandbox_id="b" + secrets.token_hex(10)[:19],
+        template_id="build",
+        cpu_count=cpu_count,
+        memory_mb=memory_mb,
+        allow_internet=True,
+    )
+    return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 
 
 class _ContainerDriver:
@@ -441,11 +594,11 @@ class _ContainerDriver:
         self.runtime = await asyncio.to_thread(prepare)
         log.info("container runtime: %s (%s)", self.runtime.oci.name, self.runtime.oci.binary)
 
-    async def start(self, spec: SandboxSpec, kind: RootKind, root: Path) -> _Sandbox:
-        return await self.runtime.start(spec, root)
+    async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
+        return await self.runtime.start(spec, layers)
 
-    async def start_pooled(self, spec: SandboxSpec, root: Path) -> _Sandbox:
-        return await self.runtime.start(spec, root, pooled=True)
+    async def start_pooled(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
+        return await self.runtime.start(spec, layers, pooled=True)
 
     async def claim(self, sandbox: _Sandbox, spec: SandboxSpec) -> None:
         await self.runtime.claim(sandbox, spec)
@@ -462,7 +615,9 @@ class _ContainerDriver:
         found, self._adopted_paused = self._adopted_paused, {}
         return found
 
-    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+    async def warm(
+        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> None:
         return None
 
     async def detach(self) -> None:
@@ -553,11 +708,11 @@ class _IsolatedDriver:
     async def setup(self) -> None:
         await asyncio.to_thread(ensure_bundle, self._bundle_dir)
 
-    async def start(self, spec: SandboxSpec, kind: RootKind, root: Path) -> _Sandbox:
+    async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
         from hearth.node.runtime.container.sandbox import init_envd
         from hearth.node.runtime.isolated import IsolatedEnvd
 
-        envd = IsolatedEnvd(kind, cache_dir=self._cache_dir, bundle_dir=self._bundle_dir)
+        envd = IsolatedEnvd(layers, cache_dir=self._cache_dir, bundle_dir=self._bundle_dir)
         await asyncio.to_thread(envd.start)
         sandbox = _IsolatedSandbox(envd)
         try:
@@ -579,7 +734,9 @@ class _IsolatedDriver:
     async def reconcile_paused(self) -> dict[str, _Paused]:
         return {}
 
-    async def warm(self, kind: RootKind, root: Path, cpu_count: int, memory_mb: int) -> None:
+    async def warm(
+        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> None:
         return None
 
     async def detach(self) -> None:

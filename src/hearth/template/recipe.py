@@ -57,13 +57,17 @@ class Step:
     def from_json(cls, data: dict[str, Any], number: int) -> Step:
         kind = data.get("type")
         if kind not in STEP_TYPES:
-            raise RecipeError(f"step {number}: unknown type {kind!r} (one of {', '.join(STEP_TYPES)})")
+            raise RecipeError(
+                f"step {number}: unknown type {kind!r} (one of {', '.join(STEP_TYPES)})"
+            )
         args = data.get("args") or []
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise RecipeError(f"step {number}: args must be a list of strings")
         minimum = {"RUN": 1, "COPY": 2, "ENV": 2, "WORKDIR": 1, "USER": 1}[kind]
         if len(args) < minimum or (kind == "ENV" and len(args) % 2):
-            raise RecipeError(f"step {number}: {kind} needs {'key/value pairs' if kind == 'ENV' else f'{minimum} argument(s)'}")
+            raise RecipeError(
+                f"step {number}: {kind} needs {'key/value pairs' if kind == 'ENV' else f'{minimum} argument(s)'}"
+            )
         files_hash = data.get("filesHash")
         if kind == "COPY" and not files_hash:
             raise RecipeError(f"step {number}: COPY needs a filesHash (upload the files first)")
@@ -130,7 +134,9 @@ class Recipe:
     def from_json(cls, data: dict[str, Any]) -> Recipe:
         base = data.get("base") or {}
         return cls(
-            base=Base(image=base.get("image"), template=base.get("template"), root=base.get("root")),
+            base=Base(
+                image=base.get("image"), template=base.get("template"), root=base.get("root")
+            ),
             steps=tuple(Step.from_json(s, i) for i, s in enumerate(data.get("steps") or [], 1)),
             start_cmd=data.get("startCmd"),
             ready_cmd=data.get("readyCmd"),
@@ -141,9 +147,7 @@ class Recipe:
         )
 
     @classmethod
-    def from_build_request(
-        cls, body: dict[str, Any], *, cpu_count: int, memory_mb: int
-    ) -> Recipe:
+    def from_build_request(cls, body: dict[str, Any], *, cpu_count: int, memory_mb: int) -> Recipe:
         """The recipe of `POST /v2/templates/{id}/builds/{buildID}` (`TemplateBuildStartV2`).
         RecipeError for a body the SDK would not send."""
         image, template = body.get("fromImage"), body.get("fromTemplate")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,21 +82,22 @@ class ImageError(RuntimeError):
     """The disk image could not be made; the message carries the tool's output."""
 
 
-def ensure_image(kind: str, root: Path, bundle: Path, cache_dir: Path | None = None) -> Path:
-    """The ext4 image of template root `root` (a cached root of `kind`) with the envd
+def ensure_image(
+    kind: str, layers: list[Path], bundle: Path, cache_dir: Path | None = None
+) -> Path:
+    """The ext4 image of a template's `layers` (named `kind` in logs) with the envd
     bundle `bundle` in it; built on first use and whenever either changes."""
     init = guest_init()
     recipe = {
         "version": RECIPE_VERSION,
-        "root": str(root.resolve()),
-        "root_stamp": read_stamp(root.parent) or read_stamp(root),
+        "layers": [str(p.resolve()) for p in layers],
         "bundle_stamp": read_stamp(bundle),
         "busybox": hashlib.sha256(static_busybox().read_bytes()).hexdigest(),
         "init": init,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     entry = (cache_dir or settings().cache_dir) / "images" / f"{kind}-{key}"
-    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, root, bundle, init))
+    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, layers, bundle, init))
     return entry / "rootfs.ext4"
 
 
@@ -106,16 +106,15 @@ def guest_init() -> str:
     return GUEST_INIT.replace("@PATH@", ENVD_PATH).replace("@ENVD@", " ".join(argv))
 
 
-def _build(entry: Path, kind: str, root: Path, bundle: Path, init: str) -> None:
+def _build(entry: Path, kind: str, layers: list[Path], bundle: Path, init: str) -> None:
+    from hearth.template.layers import flatten
+
     progress(f"making the {kind} disk image in {entry.parent}")
     staging = entry / "staging"
     try:
-        # Same filesystem as the cached root: hard links, not copies. Anything added
-        # below is a new file; nothing is written through a link.
-        if os.stat(root).st_dev == os.stat(entry).st_dev:
-            subprocess.run(["cp", "-a", "--link", str(root), str(staging)], check=True)
-        else:
-            shutil.copytree(root, staging, symlinks=True)
+        # Hard links into the layers, not copies. Anything added below is a new file;
+        # nothing is written through a link.
+        flatten(layers, staging)
         envd = staging / ENVD_TARGET.lstrip("/")
         if envd.exists():
             shutil.rmtree(envd) if envd.is_dir() else envd.unlink()

@@ -1,44 +1,27 @@
-"""Cached throwaway root filesystems (static busybox, or Debian from debootstrap) for envd."""
+"""The built-in roots templates start from: a static busybox, or Debian from debootstrap.
+
+The template builder keeps each as a layer (`hearth.template`); the `base` template is
+the Debian root plus the steps of its recipe (`template/builtins.py`).
+"""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import re
 import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
-from hearth.config import settings
-from hearth.node.disk.cache import ensure_dir, progress
+from hearth.node.disk.cache import progress
 
-RootKind = Literal["busybox", "debian", "base", "code-interpreter"]
-
-# Bump when anything a root holds changes: the key names the cached directory, so a new
-# recipe builds beside the old roots instead of deleting one that a sandbox may still
-# use as its overlay's lower layer.
+# Bump when anything a root holds changes: it is part of the root's layer key.
 RECIPE_VERSION = 1
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("sudo", "procps", "python3")
-# The `base` template: what an agent reaches for first, as in E2B's base image. Installed
-# with apt inside the root after debootstrap: debootstrap's own resolver fails on npm.
-BASE_EXTRA_PACKAGES = (
-    "python3-pip",
-    "python3-venv",
-    "nodejs",
-    "npm",
-    "git",
-    "curl",
-    "ca-certificates",
-)
-DEBIAN_KINDS = {"debian": (), "base": BASE_EXTRA_PACKAGES}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 USER_NAME = "user"
@@ -75,46 +58,26 @@ HOSTS = f"""\
 MOUNT_POINTS = ("proc", "dev", "sys", "opt/hearth/envd")
 
 
-def ensure_root(kind: RootKind, cache_dir: Path | None = None) -> Path:
-    """Return the directory of a finished root of `kind`, building it on first use.
-
-    The result is shared and must be treated as read-only (the lower layer of each
-    sandbox's overlay).
-    """
-    if kind == "code-interpreter":  # built on top of the finished base root
-        from hearth.node.disk.code_interpreter import ensure_code_interpreter_root
-
-        cache = cache_dir or settings().cache_dir
-        return ensure_code_interpreter_root(ensure_root("base", cache), cache)
-    base = (cache_dir or settings().cache_dir) / "roots"
+def root_recipe(kind: str) -> tuple[object, ...]:
+    """What determines the built-in root `kind` ("busybox" or "debian"): its cache key."""
     if kind == "busybox":
         busybox = static_busybox()
-        key = _recipe_key(kind, busybox=hashlib.sha256(busybox.read_bytes()).hexdigest())
-        build: Callable[[Path], None] = functools.partial(_build_busybox, busybox=busybox)
-    elif kind in DEBIAN_KINDS:
-        extra = DEBIAN_KINDS[kind]
-        packages = DEBIAN_PACKAGES  # the debian root's key stays what it was
-        key = _recipe_key(kind, suite=DEBIAN_SUITE, packages=packages + extra)
-        build = functools.partial(_build_debian, extra=extra)
-    else:
-        raise ValueError(f"unknown root kind {kind!r} (busybox, debian, base or code-interpreter)")
-    entry = base / f"{kind}-{key}"
-    ensure_dir(entry, key, functools.partial(_make_root, kind, build))
-    return entry / "rootfs"
+        return (RECIPE_VERSION, kind, hashlib.sha256(busybox.read_bytes()).hexdigest())
+    if kind == "debian":
+        return (RECIPE_VERSION, kind, DEBIAN_SUITE, DEBIAN_PACKAGES)
+    raise ValueError(f"unknown built-in root {kind!r} (busybox or debian)")
 
 
-def _recipe_key(kind: str, **inputs: object) -> str:
-    recipe = {"version": RECIPE_VERSION, "kind": kind, **inputs}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _make_root(kind: str, build: Callable[[Path], None], entry: Path) -> None:
-    # The root sits one level down so the build stamp stays out of the sandbox's view.
-    root = entry / "rootfs"
+def build_root(kind: str, root: Path) -> None:
+    """Build the built-in root `kind` into the empty directory `root`."""
+    root_recipe(kind)  # validates the kind
     started = time.monotonic()
-    progress(f"building the {kind} root in {entry.parent}")
-    root.mkdir(mode=0o755)
-    build(root)
+    progress(f"building the {kind} root")
+    root.chmod(0o755)
+    if kind == "busybox":
+        _build_busybox(root, static_busybox())
+    else:
+        _build_debian(root)
     _finish(root)
     progress(f"{kind} root ready in {time.monotonic() - started:.1f} s")
 
@@ -149,9 +112,8 @@ def _build_busybox(root: Path, busybox: Path) -> None:
     (root / "home" / USER_NAME).mkdir()
 
 
-def _build_debian(root: Path, extra: tuple[str, ...] = ()) -> None:
-    """Debian minbase from the archive plus `extra` packages, with `user` allowed to sudo
-    without a password."""
+def _build_debian(root: Path) -> None:
+    """Debian minbase from the archive, with `user` allowed to sudo without a password."""
     mirror = _debian_mirror()
     log = root.parent / "debootstrap.log"
     progress(f"debootstrap {DEBIAN_SUITE} from {mirror} (a minute or two; log: {log})")
@@ -173,8 +135,6 @@ def _build_debian(root: Path, extra: tuple[str, ...] = ()) -> None:
     finally:
         log.unlink(missing_ok=True)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    if extra:
-        _apt_install(root, extra, env)
     for args in (
         ["groupadd", "--gid", str(USER_ID), USER_NAME],
         ["useradd", "--create-home", "--uid", str(USER_ID), "--gid", str(USER_ID),
@@ -189,26 +149,6 @@ def _build_debian(root: Path, extra: tuple[str, ...] = ()) -> None:
         for entry in (root / cache).glob("*"):
             if entry.is_file():
                 entry.unlink()
-
-
-def _apt_install(root: Path, packages: tuple[str, ...], env: dict[str, str]) -> None:
-    """apt-get install inside the root, in a private mount namespace that has /proc."""
-    progress(f"installing {', '.join(packages)} into the root (a few minutes)")
-    script = (
-        f"mount -t proc proc {root}/proc && "
-        f"chroot {root} apt-get -q update && "
-        f"chroot {root} apt-get -q install -y --no-install-recommends {' '.join(packages)}"
-    )
-    env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr).splitlines()[-20:]
-        raise RuntimeError(f"apt-get install failed ({done.returncode}):\n" + "\n".join(tail))
 
 
 def _finish(root: Path) -> None:

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import IO, Self
 
-from hearth.node.disk.rootfs import RootKind, ensure_root
 from hearth.node.guest.envd_bundle import ensure_bundle, envd_command, envd_environment
 
 BUNDLE_TARGET = "/opt/hearth/envd"
@@ -54,7 +53,7 @@ class IsolatedEnvd:
 
     def __init__(
         self,
-        kind: RootKind = "busybox",
+        root: str | list[Path] = "busybox",
         port: int = 0,
         *,
         cache_dir: Path | None = None,
@@ -64,7 +63,8 @@ class IsolatedEnvd:
     ) -> None:
         """`port` 0 picks a free one. envd's output goes to `stderr` if given, else to a
         log file that errors quote."""
-        self.kind = kind
+        # A built-in root's name ("busybox", "debian"), or a template's layers.
+        self.root = root
         self._port = port
         self._cache_dir = cache_dir
         self._bundle_dir = bundle_dir
@@ -133,11 +133,20 @@ class IsolatedEnvd:
             raise RuntimeError("IsolatedEnvd is not running")
         return self._launcher.wait(timeout)
 
+    def _layers(self) -> list[Path]:
+        if not isinstance(self.root, str):
+            return list(self.root)
+        from hearth.config import settings
+        from hearth.template.layers import LayerStore, root_layer
+
+        store = LayerStore((self._cache_dir or settings().cache_dir) / "layers")
+        return [store.path(root_layer(store, self.root))]
+
     def _start(self) -> None:
         if os.geteuid() != 0:
             raise PermissionError("IsolatedEnvd needs root (it maps uids and mounts)")
         bundle = ensure_bundle(self._bundle_dir)
-        lower = ensure_root(self.kind, self._cache_dir)
+        lower = ":".join(str(p) for p in reversed(self._layers()))
         if self._port == 0:
             self._port = _free_port()
 

@@ -8,10 +8,10 @@ _launcher.py SPEC`), so it may import only the standard library. It:
    reaches the host's mount table, and unmounts the hybrid cgroup2 mount if the
    runtime needs that (crun, see oci.py);
 2. makes a user namespace with the sandbox's id map (a short-lived child holds it) and
-   mounts the template's root and the envd bundle *idmapped* through it, read-only: the
-   template's uid 0 and 1000 show as the sandbox's 0 and 1000 although the template
-   belongs to the host's ids, and files are shared with every other sandbox;
-3. mounts an overlay of the idmapped template (lower) and the sandbox's own directory
+   mounts each of the template's layers and the envd bundle *idmapped* through it,
+   read-only: the template's uid 0 and 1000 show as the sandbox's 0 and 1000 although
+   the layers belong to the host's ids, and files are shared with every other sandbox;
+3. mounts an overlay of the idmapped layers (lower) and the sandbox's own directory
    (upper, owned by the sandbox's root on the host), and the bundle under it;
 4. execs the runtime, which builds the container from this namespace. The runtime's
    process stays as the container's parent and the mounts live as long as the
@@ -153,15 +153,24 @@ def main() -> None:
     if spec["hide_cgroup2"]:
         _libc.umount2(spec["cgroup2_mount"].encode(), MNT_DETACH)
     userns = _id_mapped_userns(spec["id_base"], spec["id_count"])
-    _mount_id_mapped(spec["template"], spec["lower"], userns)
-    _mount(
-        "overlay",
-        spec["rootfs"],
-        "overlay",
-        0,
-        f"lowerdir={spec['lower']},upperdir={spec['upper']},workdir={spec['work']}",
+    # One id-mapped mount per template layer; the overlay names them relative to the
+    # sandbox's directory so that hundreds fit in a page of mount options.
+    os.chdir(spec["directory"])
+    lowers = []
+    for i, layer in enumerate(spec["layers"]):
+        target = os.path.join(spec["lower"], str(i))
+        os.makedirs(target, 0o700, exist_ok=True)  # a cold resume finds them
+        _mount_id_mapped(layer, target, userns)
+        lowers.append(os.path.relpath(target, spec["directory"]))
+    # Plain, self-contained layers: no redirects or metacopy that would point between them.
+    options = (
+        f"lowerdir={':'.join(reversed(lowers))},upperdir={spec['upper']},"
+        f"workdir={spec['work']},redirect_dir=off,index=off,metacopy=off"
     )
-    _mount_id_mapped(spec["envd_bundle"], spec["rootfs"] + spec["envd_target"], userns)
+    _mount("overlay", spec["rootfs"], "overlay", 0, options)
+    bundle_target = spec["rootfs"] + spec["envd_target"]
+    os.makedirs(bundle_target, exist_ok=True)  # an image's first layer lacks it
+    _mount_id_mapped(spec["envd_bundle"], bundle_target, userns)
     os.close(userns)
     argv = spec["argv"]
     os.execv(argv[0], argv)

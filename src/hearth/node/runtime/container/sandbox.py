@@ -49,13 +49,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 
 from hearth.node.guest.envd_bundle import envd_command, envd_environment
+from hearth.node.guest.envd_client import init_body
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
@@ -64,8 +64,8 @@ from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 
 log = logging.getLogger(__name__)
 
-ENVD_PORT = 49983
-ENVD_TARGET = "/opt/hearth/envd"
+from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET  # noqa: E402
+
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAUNCHER = Path(__file__).with_name("_launcher.py")
 ID_BASE = 2**30
@@ -97,13 +97,22 @@ class SandboxRecord:
     monitor_pid: int | None = None
     created_at: float = 0.0
     metadata: dict[str, str] | None = None
-    root: str = ""  # the template's root the overlay stacks on (a cold boot mounts it again)
+    root: str = ""  # a single template root (records of earlier versions)
+    # The template's layers the overlay stacks on, bottom first (a cold boot mounts
+    # them again).
+    layers: list[str] | None = None
     paused: str | None = None  # "memory" or "filesystem" while paused
     # A warm-pool member (see node/pool.py): never adopted until a create claims it;
     # then `claimed_as` is the API's id for it (its own id still names its directory,
     # container and cgroups).
     pooled: bool = False
     claimed_as: str | None = None
+    build: bool = False  # a template build's sandbox: never adopted, always removed
+
+
+def lower_layers(record: SandboxRecord) -> list[Path]:
+    """The read-only layers under a sandbox's own, bottom first."""
+    return [Path(p) for p in (record.layers or ([record.root] if record.root else []))]
 
 
 class _IdBlocks:
@@ -180,6 +189,22 @@ class ContainerSandbox:
         self.slot = self.container = None
         self.init_pid = None
 
+    async def commit(self, dest: Path) -> None:
+        """Stop a build sandbox and move its writable layer to `dest`, its files given
+        the ids they had inside (a layer belongs to the host's 0..65535), then release
+        the rest. The layer is the step's changes in overlay form (whiteouts too)."""
+        from hearth.template.layers import move_tree, shift_ids
+
+        assert self.record.build and not self._stopping
+        try:
+            await self._release_running()  # the container; its mounts go with it
+            base = ID_BASE + self.record.id_block * ID_COUNT
+            upper = self.directory / "upper"
+            await to_thread_to_the_end(shift_ids, upper, base, ID_COUNT)
+            await to_thread_to_the_end(move_tree, upper, dest)
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
         """Kill the sandbox and release everything it holds, once."""
         if self._stopping:
@@ -247,10 +272,12 @@ class ContainerRuntime:
     # --- create ----------------------------------------------------------------------
 
     async def start(
-        self, spec: SandboxSpec, template: Path, *, pooled: bool = False
+        self, spec: SandboxSpec, layers: list[Path], *, pooled: bool = False, build: bool = False
     ) -> ContainerSandbox:
-        """Start a sandbox of `spec` over the root `template`; returns once envd answers
-        /health and has taken /init. A `pooled` one waits for `claim()`."""
+        """Start a sandbox of `spec` over the template's `layers` (bottom first); returns
+        once envd answers /health and has taken /init. A `pooled` one waits for
+        `claim()`. A `build` sandbox's writable layer becomes a template layer
+        (`commit()`)."""
         if not SANDBOX_ID.fullmatch(spec.sandbox_id):
             raise ValueError(f"invalid sandbox id {spec.sandbox_id!r} (want [a-z0-9]{{1,64}})")
         started = time.monotonic()
@@ -264,8 +291,9 @@ class ContainerRuntime:
             runtime=self.oci.name,
             created_at=time.time(),
             metadata=dict(spec.metadata),
-            root=str(template),
+            layers=[str(p) for p in layers],
             pooled=pooled,
+            build=build,
         )
         directory = self.sandboxes_dir / spec.sandbox_id
         sandbox = ContainerSandbox(record, directory, stack, self)
@@ -287,9 +315,7 @@ class ContainerRuntime:
             # is another sandbox's, never to be removed by this one's unwinding.
             directory.mkdir(mode=0o711)
             release.push("its directory", shutil.rmtree, directory)
-            await to_thread_to_the_end(
-                self._fill_directory, directory, spec, record, slot, template
-            )
+            await to_thread_to_the_end(self._fill_directory, directory, spec, record, slot, layers)
             await self._boot(sandbox, spec, running)
             log.info(
                 "sandbox %s up at %s in %.0f ms",
@@ -310,7 +336,7 @@ class ContainerRuntime:
         running.push("its cgroups", self._remove_cgroups, record.sandbox_id)
         container = await running.take(
             "its container",
-            lambda: self._launch(directory, record, Path(record.root)),
+            lambda: self._launch(directory, record, lower_layers(record)),
             lambda container: container.stop,
         )
         sandbox.container = container
@@ -375,8 +401,8 @@ class ContainerRuntime:
             container.frozen = False
             await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
         elif record.paused == "filesystem":
-            if not record.root:
-                raise ContainerError(f"sandbox {record.sandbox_id}: no template root recorded")
+            if not lower_layers(record):
+                raise ContainerError(f"sandbox {record.sandbox_id}: no template layers recorded")
             running = _Releaser(sandbox, sandbox._run)
             try:
                 slot = await running.take(
@@ -407,7 +433,7 @@ class ContainerRuntime:
                 namespace["path"] = str(slot.netns_path)
         path.write_text(json.dumps(config, indent=1))
         hosts = directory / "upper" / "etc" / "hosts"
-        hostname = _template_hostname(Path(record.root))
+        hostname = _template_hostname(lower_layers(record))
         with contextlib.suppress(OSError):
             lines = hosts.read_text().splitlines()
             for i, line in enumerate(lines):
@@ -421,7 +447,7 @@ class ContainerRuntime:
         spec: SandboxSpec,
         record: SandboxRecord,
         slot: NetworkSlot,
-        template: Path,
+        layers: list[Path],
     ) -> None:
         base = ID_BASE + record.id_block * ID_COUNT
         for name in ("lower", "rootfs", "work"):
@@ -433,7 +459,7 @@ class ContainerRuntime:
         etc = upper / "etc"
         etc.mkdir(mode=0o755)
         os.chown(etc, base, base)
-        hostname = _template_hostname(template)
+        hostname = _template_hostname(layers)
         files = {
             "hostname": f"{hostname}\n",
             "hosts": (
@@ -468,9 +494,10 @@ class ContainerRuntime:
         (directory / "config.json").write_text(json.dumps(oci_config(config), indent=1))
         _write_record(directory, record)
 
-    def _launch(self, directory: Path, record: SandboxRecord, template: Path) -> _Container:
+    def _launch(self, directory: Path, record: SandboxRecord, layers: list[Path]) -> _Container:
         launch = {
-            "template": str(template),
+            "directory": str(directory),
+            "layers": [str(p) for p in layers],
             "envd_bundle": str(self.envd_bundle),
             "envd_target": ENVD_TARGET,
             "lower": str(directory / "lower"),
@@ -581,8 +608,10 @@ class ContainerRuntime:
             return None
         if record.runtime != self.oci.name or record.slot_index < 0 or record.id_block < 0:
             return None
-        if record.pooled and record.claimed_as is None:
-            return None  # a pool member nobody claimed: the new node starts its own
+        if record.build or (record.pooled and record.claimed_as is None):
+            # A build's sandbox (the build ended with the node), or a pool member
+            # nobody claimed: the new node starts its own.
+            return None
         state = await asyncio.to_thread(self.oci.state, record.sandbox_id)
         status = state.get("status") if state and state.get("pid") else None
         if record.paused is not None and status not in ("running", "paused"):
@@ -916,12 +945,16 @@ def _write_record(directory: Path, record: SandboxRecord) -> None:
     tmp.rename(directory / RECORD)
 
 
-def _template_hostname(template: Path) -> str:
-    try:
-        name = (template / "etc" / "hostname").read_text().strip()
-    except OSError:
-        name = ""
-    return name or "hearth"
+def _template_hostname(layers: list[Path]) -> str:
+    """The topmost layer's /etc/hostname, else "hearth"."""
+    for layer in reversed(layers):
+        try:
+            name = (layer / "etc" / "hostname").read_text().strip()
+        except OSError:
+            continue
+        if name:
+            return name
+    return "hearth"
 
 
 def _log_tail(directory: Path) -> str:
@@ -933,21 +966,10 @@ def _log_tail(directory: Path) -> str:
 
 
 async def init_envd(base_url: str, spec: SandboxSpec) -> None:
-    """POST envd's /init: the sandbox's environment, access token, user and clock (at
-    create and after every resume)."""
-    body = {
-        "envVars": {
-            **spec.env_vars,
-            "E2B_SANDBOX": "true",
-            "E2B_SANDBOX_ID": spec.sandbox_id,
-            "E2B_TEMPLATE_ID": spec.template_id,
-        },
-        "defaultUser": DEFAULT_USER,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
+    """POST envd's /init (at create, at a claim and after every resume)."""
+    body = init_body(spec)
     headers = {}
     if spec.envd_access_token:
-        body["accessToken"] = spec.envd_access_token
         # After a resume envd already holds the token and takes /init only with it.
         headers["X-Access-Token"] = spec.envd_access_token
     async with envd_client() as client:

@@ -31,13 +31,13 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from hearth.node.disk.image import ensure_image
 from hearth.node.guest.envd_bundle import ensure_bundle
+from hearth.node.guest.envd_client import init_body
 from hearth.node.guest.kernel import CANARY_MARKER, GuestKernel, ensure_kernel
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
@@ -54,6 +54,7 @@ from hearth.node.runtime.microvm.snapshot import (
     wait_envd,
 )
 from hearth.node.runtime.microvm.vmm import KERNEL_ARGS, Machine, Vmm
+from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -400,14 +401,17 @@ class MicroVMDriver:
             accel=self.accel,
         )
 
-    async def snapshot(self, kind: str, root: Path, cpu_count: int, memory_mb: int) -> Snapshot:
-        """The template snapshot for (template root, vCPUs, memory), taken on first use."""
+    async def snapshot(
+        self, kind: str, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> Snapshot:
+        """The template snapshot for (template `kind` = its artifact key, vCPUs, memory),
+        taken on first use."""
         assert self.bundle is not None and self.network is not None
-        wanted = f"{kind}/{root}/{cpu_count}/{memory_mb}"
+        wanted = f"{kind}/{cpu_count}/{memory_mb}"
         known = self._snapshots.get(wanted)
         if known is not None and snapshot_complete(known):
             return known  # the common case: no hashing, no locks
-        image = await asyncio.to_thread(ensure_image, kind, root, self.bundle, self._cache_dir)
+        image = await asyncio.to_thread(ensure_image, kind, layers, self.bundle, self._cache_dir)
         machine = self.machine(cpu_count, memory_mb)
         async with self._snapshot_locks.setdefault(wanted, asyncio.Lock()):
             snapshot = await ensure_snapshot(
@@ -416,16 +420,19 @@ class MicroVMDriver:
         self._snapshots[wanted] = snapshot
         return snapshot
 
-    async def warm(self, kind: str, root: Path, cpu_count: int, memory_mb: int) -> None:
+    async def warm(
+        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> None:
         """Take the template snapshot of that shape now and pre-spawn its VMMs, so that
         the first create does not wait for a cold boot (seconds under TCG)."""
-        self.vmms.refill(await self.snapshot(kind, root, cpu_count, memory_mb))
+        self.vmms.refill(await self.snapshot(artifact.key, layers, cpu_count, memory_mb))
 
     # --- create ----------------------------------------------------------------------
 
-    async def start(self, spec: SandboxSpec, kind: str, root: Path) -> MicroVMSandbox:
+    async def start(self, spec: SandboxSpec, layers: list[Path]) -> MicroVMSandbox:
         _check_id(spec.sandbox_id)
-        snapshot = await self.snapshot(kind, root, spec.cpu_count, spec.memory_mb)
+        assert spec.artifact is not None
+        snapshot = await self.snapshot(spec.artifact.key, layers, spec.cpu_count, spec.memory_mb)
         started = time.monotonic()
         pooled = self.vmms.take(snapshot)
         pool_note = "pooled VMM"
@@ -724,19 +731,11 @@ async def init_envd(base_url: str, spec: SandboxSpec, timeout: float) -> None:
     """POST envd's /init: environment, token, user, clock and host entropy. Sent with the
     token too: after a resume, envd already has it and answers no one else."""
     body: dict[str, object] = {
-        "envVars": {
-            **spec.env_vars,
-            "E2B_SANDBOX": "true",
-            "E2B_SANDBOX_ID": spec.sandbox_id,
-            "E2B_TEMPLATE_ID": spec.template_id,
-        },
-        "defaultUser": DEFAULT_USER,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        **init_body(spec),
         "entropy": base64.b64encode(os.urandom(ENTROPY_BYTES)).decode(),
     }
     headers = {}
     if spec.envd_access_token:
-        body["accessToken"] = spec.envd_access_token
         headers["X-Access-Token"] = spec.envd_access_token
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=2.0), trust_env=False
