@@ -138,16 +138,13 @@ def test_a_pooled_sandbox_is_the_creates_own(container_data_dir, monkeypatch) ->
 def test_a_pooled_code_interpreter_has_the_creates_env_vars(container_data_dir, monkeypatch):
     from e2b_code_interpreter import Sandbox as CodeInterpreter
 
-    from hearth.node.disk.rootfs import ensure_root
-
-    ensure_root("code-interpreter")  # built (or found) up front, with progress
     data_dir = container_data_dir
     server, running = serve_containers(data_dir, pool_sizes={"code-interpreter-v1": 1})
     for name, value in running.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("E2B_DEBUG", raising=False)
     try:
-        members = _filled(server, 1, "code-interpreter")
+        members = _filled(server, 1, "code-interpreter-v1")
         sandbox = CodeInterpreter.create(envs={"POOL_TEST": "kernel"}, timeout=300)
         claimed = [
             n for n, r in _records(data_dir).items() if r["claimed_as"] == sandbox.sandbox_id

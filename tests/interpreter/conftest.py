@@ -26,9 +26,6 @@ TEMPLATE = "code-interpreter-v1"
 def hearth() -> Iterator[Hearth]:
     if os.geteuid() != 0:
         pytest.skip("needs root: container sandboxes")
-    from hearth.node.disk.rootfs import ensure_root
-
-    ensure_root("code-interpreter")  # built (or found) up front, with progress
     data = Path(tempfile.mkdtemp(prefix="hearth-interpreter-", dir="/var/tmp"))
     data.chmod(0o755)  # the runtime's unprivileged ids search every parent
     server, info = serve_containers(data)

@@ -224,7 +224,7 @@ async def test_the_isolated_runtime_pauses_with_memory_only(tmp_path) -> None:
     if not _freezer.available():
         pytest.skip("no cgroup v1 freezer on this host")
     token = secrets.token_urlsafe(16)
-    async with LocalNode(tmp_path, runtime="isolated", default_root="busybox") as node:
+    async with LocalNode(tmp_path, runtime="isolated") as node:
         s = spec(envd_access_token=token)
         address = await node.create(s)
         await _run(address, token, COUNTER)

@@ -16,7 +16,17 @@ from hearth.store._engine import create_engine, database_url
 from hearth.store._migrate import MIGRATIONS, _config
 from hearth.store._tables import metadata
 
-TABLES = {"teams", "api_keys", "sandboxes", "templates", "template_aliases", "sandbox_events"}
+TABLES = {
+    "teams",
+    "api_keys",
+    "sandboxes",
+    "templates",
+    "template_aliases",
+    "sandbox_events",
+    "template_builds",
+    "template_build_logs",
+    "template_tags",
+}
 
 
 def _head() -> str:

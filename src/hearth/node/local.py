@@ -142,6 +142,7 @@ class LocalNode:
         self._builtins: dict[str, Artifact] = {}
         self._builtin_locks: dict[str, asyncio.Lock] = {}
         self._pool_artifacts: dict[str, Artifact] = {}  # pool kind (artifact key) -> it
+        self._pool_templates: dict[str, str] = {}  # pool kind -> the template it serves
         self._bundle_dir = bundle_dir
         self._options = {
             "oci_runtime": oci_runtime,
@@ -338,6 +339,7 @@ class LocalNode:
         artifact = artifact or await self.builtin(template_id)
         if self._pool is not None:
             self._pool_artifacts[artifact.key] = artifact
+            self._pool_templates[artifact.key] = template_id
             self._pool.configure(PoolShape(artifact.key, template_id, cpu_count, memory_mb, size))
         elif size > 0:
             self._background(self._warm_runtime(artifact, cpu_count, memory_mb))
@@ -362,8 +364,10 @@ class LocalNode:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def pooled(self) -> dict[str, int]:
-        """How many pooled sandboxes wait now, per root kind (tests and diagnostics)."""
-        return self._pool.sizes() if self._pool is not None else {}
+        """How many pooled sandboxes wait now, per template (tests and diagnostics)."""
+        if self._pool is None:
+            return {}
+        return {self._pool_templates.get(k, k): n for k, n in self._pool.sizes().items()}
 
     async def _start_member(self, spec: SandboxSpec, kind: str) -> _Sandbox:
         assert isinstance(self.runtime, _ContainerDriver)

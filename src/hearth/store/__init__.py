@@ -1,4 +1,5 @@
-"""The store: the source of truth for teams, API keys, sandboxes, templates and events.
+"""The store: the source of truth for teams, API keys, sandboxes, templates, their builds
+and events.
 
 `await open(url)` connects to SQLite (the default) or PostgreSQL, brings the schema to
 the newest migration, and returns a `Store` whose methods return plain records.
@@ -7,14 +8,18 @@ the newest migration, and returns a `Store` whose methods return plain records.
 from hearth.store._keys import hash_api_key, is_api_key
 from hearth.store._records import (
     ApiKey,
+    Build,
+    BuildLogEntry,
     Conflict,
     InvalidCursor,
+    NotFound,
     Sandbox,
     SandboxEvent,
     SandboxState,
     StoreError,
     Team,
     Template,
+    TemplateTag,
 )
 from hearth.store._sandboxes import LIVE_STATES, MAX_PAGE
 from hearth.store._store import Store, open
@@ -25,8 +30,11 @@ __all__ = [
     "LIVE_STATES",
     "MAX_PAGE",
     "ApiKey",
+    "Build",
+    "BuildLogEntry",
     "Conflict",
     "InvalidCursor",
+    "NotFound",
     "Sandbox",
     "SandboxEvent",
     "SandboxState",
@@ -34,6 +42,7 @@ __all__ = [
     "StoreError",
     "Team",
     "Template",
+    "TemplateTag",
     "hash_api_key",
     "is_api_key",
     "open",

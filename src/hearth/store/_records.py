@@ -88,6 +88,45 @@ class Template:
 
 
 @dataclass(frozen=True, slots=True)
+class Build:
+    """One build of a template: waiting, then building, then ready or error."""
+
+    build_id: str
+    template_id: str
+    team_id: str | None
+    status: str  # "waiting" | "building" | "ready" | "error"
+    recipe: dict[str, Any] | None  # what to build
+    artifact: dict[str, Any] | None  # what the build made (its layers, its snapshot)
+    reason: dict[str, Any] | None  # why it failed: {"message", "step"?}
+    cpu_count: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str | None
+    tags: tuple[str, ...]  # assigned to the build when it becomes ready
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLogEntry:
+    seq: int  # the entry's position in its build's log, from 0
+    timestamp: datetime
+    level: str  # "debug" | "info" | "warn" | "error"
+    message: str
+    step: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateTag:
+    template_id: str
+    tag: str
+    build_id: str
+    created_at: datetime  # when the tag was (last) assigned
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxEvent:
     id: int
     sandbox_id: str
@@ -103,6 +142,10 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """The write would break a uniqueness or ownership rule (the api's 409 or 400)."""
+
+
+class NotFound(StoreError, LookupError):
+    """The build the write names does not exist (any more)."""
 
 
 class InvalidCursor(StoreError, ValueError):

@@ -1,14 +1,17 @@
-"""The store: teams, API keys, sandboxes, templates and events, behind plain async methods.
+"""The store: teams, API keys, sandboxes, templates and their builds, and events, behind
+plain async methods.
 
 Every method runs its own short transaction and returns records from `_records`, so
 callers never hold a session or a row. Writes that race (two pauses, a kill during a
 resume) are single conditional statements: the database decides, not a read before.
+Where a write must read first (a build's next log number), it locks the row it reads.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
+from hearth.store._builds import BuildStore
 from hearth.store._engine import create_engine
 from hearth.store._events import EventStore
 from hearth.store._migrate import upgrade
@@ -30,7 +33,7 @@ async def open(url: str | sa.URL) -> Store:
     return store
 
 
-class Store(TeamStore, SandboxStore, TemplateStore, EventStore):
+class Store(TeamStore, SandboxStore, TemplateStore, BuildStore, EventStore):
     async def close(self) -> None:
         await self._engine.dispose()
 

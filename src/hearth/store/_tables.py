@@ -159,3 +159,64 @@ sandbox_events = sa.Table(
     sa.Column("payload", JSONDocument, nullable=False),
     sa.Index(None, "team_id", "sandbox_id", "timestamp", "id"),
 )
+
+# A template's builds, newest last; a ready build's artifact is what sandboxes start from.
+template_builds = sa.Table(
+    "template_builds",
+    metadata,
+    sa.Column("build_id", sa.String(36), primary_key=True),
+    sa.Column(
+        "template_id",
+        sa.String(255),
+        sa.ForeignKey("templates.template_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("team_id", sa.String(36), sa.ForeignKey("teams.id")),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("recipe", JSONDocument),
+    sa.Column("artifact", JSONDocument),
+    sa.Column("reason", JSONDocument),  # why it failed: {"message", "step"?}
+    sa.Column("cpu_count", sa.Integer(), nullable=False),
+    sa.Column("memory_mb", sa.Integer(), nullable=False),
+    sa.Column("disk_size_mb", sa.Integer(), nullable=False),
+    sa.Column("envd_version", sa.String(32)),
+    sa.Column("tags", JSONDocument, nullable=False),  # assigned to the build when ready
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime()),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.CheckConstraint("status IN ('waiting', 'building', 'ready', 'error')", name="status"),
+    sa.Index(None, "template_id", "created_at"),
+)
+
+# A build's log, in the order it was written: `seq` counts from 0 within the build.
+template_build_logs = sa.Table(
+    "template_build_logs",
+    metadata,
+    sa.Column(
+        "build_id",
+        sa.String(36),
+        sa.ForeignKey("template_builds.build_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("step", sa.String(255)),
+)
+
+# One row per tag of a template ("default" among them): the build the tag names now.
+template_tags = sa.Table(
+    "template_tags",
+    metadata,
+    sa.Column(
+        "template_id",
+        sa.String(255),
+        sa.ForeignKey("templates.template_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tag", sa.String(255), primary_key=True),
+    sa.Column("build_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)

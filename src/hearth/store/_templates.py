@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.store._base import StoreBase, utc_now
 from hearth.store._records import Conflict, Template
-from hearth.store._tables import template_aliases, templates
+from hearth.store._tables import (
+    template_aliases,
+    template_build_logs,
+    template_builds,
+    template_tags,
+    templates,
+)
 
 
 class TemplateStore(StoreBase):
@@ -114,20 +120,47 @@ class TemplateStore(StoreBase):
             return await _templates(conn, where)
 
     async def delete_template(self, team_id: str, template_id: str) -> bool:
-        """Delete one of the team's templates and its aliases; False if it has none such."""
+        """Delete one of the team's templates (see `delete_template_with_builds`); False
+        if it has none such."""
+        return await self.delete_template_with_builds(team_id, template_id) is not None
+
+    async def delete_template_with_builds(
+        self, team_id: str, template_id: str
+    ) -> list[dict[str, Any]] | None:
+        """Delete one of the team's templates with its aliases, tags, builds and their
+        logs. The artifacts of the builds that had one, oldest first, for the caller to
+        release; None if the team has no such template."""
         async with self._write() as conn:
-            owned = sa.select(templates.c.template_id).where(
-                templates.c.template_id == template_id, templates.c.team_id == team_id
-            )
+            # Locked: a build created or logged meanwhile waits, then finds nothing.
+            owned = (
+                await conn.execute(
+                    sa.select(templates.c.template_id)
+                    .where(templates.c.template_id == template_id, templates.c.team_id == team_id)
+                    .with_for_update()
+                )
+            ).first()
+            if owned is None:
+                return None
+            of_template = template_builds.c.template_id == template_id
+            builds = (
+                await conn.execute(
+                    sa.select(template_builds.c.build_id, template_builds.c.artifact)
+                    .where(of_template)
+                    .order_by(template_builds.c.created_at, template_builds.c.build_id)
+                    .with_for_update()
+                )
+            ).all()
             await conn.execute(
-                sa.delete(template_aliases).where(template_aliases.c.template_id.in_(owned))
-            )
-            result = await conn.execute(
-                sa.delete(templates).where(
-                    templates.c.template_id == template_id, templates.c.team_id == team_id
+                sa.delete(template_build_logs).where(
+                    template_build_logs.c.build_id.in_(
+                        sa.select(template_builds.c.build_id).where(of_template)
+                    )
                 )
             )
-        return result.rowcount == 1
+            await conn.execute(sa.delete(template_builds).where(of_template))
+            for table in (template_tags, template_aliases, templates):
+                await conn.execute(sa.delete(table).where(table.c.template_id == template_id))
+        return [build.artifact for build in builds if build.artifact is not None]
 
     async def record_template_spawn(self, template_id: str, at: datetime | None = None) -> None:
         """Count a sandbox started from the template (`spawnCount`, `lastSpawnedAt`)."""

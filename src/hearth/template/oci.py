@@ -331,10 +331,13 @@ def _classify(detail: str) -> str:
     denied = ("unauthorized", "authentication required", "denied", "forbidden")
     if any(s in text for s in denied) or re.search(r"\b40[13]\b", text):
         return "denied"
+    if "http response to https" in text:
+        return "http"
+    if any(s in text for s in ("x509", "certificate")):
+        return "tls"
     network = (
         "connection refused", "no such host", "timeout", "unreachable", "dial tcp",
-        "tls", "x509", "certificate", "http response to https", "eof", "connection reset",
-        "deadline exceeded",
+        "eof", "connection reset", "deadline exceeded", "tls",
     )  # fmt: skip
     if any(s in text for s in network):
         return "unreachable"
@@ -360,6 +363,17 @@ def _failure_message(
         )
     if "unreachable" in kinds:
         hints.append("check that the Hearth server (which does the pull) can reach the registry")
+    for c, kind, _ in failures:
+        if kind == "http":  # only loopback is spoken to in plain HTTP unasked
+            hints.append(
+                f"{c.host} speaks plain HTTP: allow it with [[registry]] location = "
+                f'"{c.host}" insecure = true in /etc/containers/registries.conf.d/'
+            )
+        elif kind == "tls":
+            hints.append(
+                f"the certificate of {c.host} is not trusted on the Hearth server: put its CA in "
+                f"/etc/containers/certs.d/{c.host}/ca.crt"
+            )
     if "platform" in kinds:
         hints.append(f"Hearth runs {PLATFORM_OS}/{PLATFORM_ARCH} images: pick a tag that has one")
     if hub and kinds & {"missing", "denied", "unreachable", "failed"}:
@@ -478,13 +492,18 @@ def _copy(
             command, cwd=scratch, stdout=subprocess.PIPE, stderr=err, text=True
         )
         assert process.stdout is not None
-        for line in process.stdout:
-            match = _COPYING_BLOB.search(line)
-            if match:
-                kind, digest = match.groups()
-                size = f" ({_human(sizes[digest])})" if digest in sizes else ""
-                progress(f"copying {kind} {digest[:19]}{size}")
-        returncode = process.wait()
+        try:
+            for line in process.stdout:
+                match = _COPYING_BLOB.search(line)
+                if match:
+                    kind, digest = match.groups()
+                    size = f" ({_human(sizes[digest])})" if digest in sizes else ""
+                    progress(f"copying {kind} {digest[:19]}{size}")
+            returncode = process.wait()
+        except BaseException:  # a failing progress callback or an interrupt: no orphan copy
+            process.kill()
+            process.wait()
+            raise
         err.seek(0)
         stderr = err.read()
     if returncode != 0:
