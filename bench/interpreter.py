@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {loadavg()}", flush=True)
 
     from hearth.config import settings
-    from hearth.node.disk.rootfs import ensure_root
     from hearth.node.guest.envd_bundle import ensure_bundle
+    from hearth.node.local import build_builtin
     from hearth.serve import ServeOptions, ServerThread
 
     # As a user's `hearth serve` would: HEARTH_POOL_SIZE, else the default sizes.
@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm pool: {pool_sizes} (HEARTH_POOL_SIZE)", flush=True)
 
     t = time.perf_counter()
-    print("ensuring the code-interpreter root and envd bundle (a first build takes minutes)...")
+    print("ensuring the code-interpreter template and envd bundle (a first build takes minutes)...")
     ensure_bundle()
-    ensure_root("code-interpreter")
+    build_builtin("code-interpreter-v1")
     print(f"  ready in {time.perf_counter() - t:.1f} s", flush=True)
 
     data_dir = Path(tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp"))

@@ -191,7 +191,7 @@ class Probes:
         self._wrap_async(Store, "add_event", "event")
         self._wrap_async(local.LocalNode, "create", "node", sandbox_id=True)
         self._mark_pooled()
-        self._wrap_sync(local, "ensure_root", "root")
+        self._wrap_async(local.LocalNode, "_artifact", "root")
         self._wrap_sync(slots.NetworkPool, "acquire", "slot")
         self._wrap_sync(slots._netns, "create_pinned", "netns")
         self._wrap_sync(slots.SlotRules, "add_slot", "nft")
@@ -323,7 +323,7 @@ PHASES = (
     ("  of which: insert the sandbox", lambda r, c: r["insert"]),
     ("  of which: spawn count + created event", lambda r, c: r["spawned"] + r["event"]),
     ("node: claim a pooled sandbox (checks, /init, record)", lambda r, c: r["claim"]),
-    ("node: template root lookup (ensure_root)", lambda r, c: r["root"]),
+    ("node: template artifact lookup", lambda r, c: r["root"]),
     ("node: network slot (NetworkPool.acquire)", lambda r, c: r["slot"]),
     ("  of which: netns, veth pair, addresses", lambda r, c: r["netns"]),
     ("  of which: nft rule elements", lambda r, c: r["nft"]),
@@ -1230,8 +1230,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {load_start}", flush=True)
 
     from hearth.config import settings
-    from hearth.node.disk.rootfs import ensure_root
     from hearth.node.guest.envd_bundle import ensure_bundle
+    from hearth.node.local import build_builtin
     from hearth.serve import ServeOptions, ServerThread
 
     # As a user's `hearth serve` would: HEARTH_POOL_SIZE, else the default sizes.
@@ -1241,8 +1241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     print(f"ensuring the {TEMPLATE!r} root and envd bundle (a first build takes minutes)...")
-    ensure_root(TEMPLATE)
     ensure_bundle()
+    build_builtin(TEMPLATE)
     print(f"  ready in {time.perf_counter() - t:.1f} s", flush=True)
 
     # The container runtime reaches sandboxes under the data directory by ids the host

@@ -764,3 +764,16 @@ def _default_reserve_mb() -> int:
     with open("/proc/meminfo") as meminfo:
         total_kib = int(meminfo.readline().split()[1])  # MemTotal comes first
     return max(256, total_kib // 1024 // 20)
+
+
+def build_builtin(name: str, log: BuildLog | None = None) -> Artifact:
+    """Build (or find cached) the built-in template `name` in a node of its own, with
+    progress on the console: for commands and benchmarks that run before a server. Its
+    own state directory: a node's start adopts, and its close stops, every sandbox of
+    its directory, which must never be a running server's."""
+
+    async def build() -> Artifact:
+        async with LocalNode(settings().data_dir / "builder", runtime="container") as node:
+            return await node.builtin(name, log)
+
+    return asyncio.run(build())
