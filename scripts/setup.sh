@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86, qemu-utils, lz4, e2fsprogs, cpio, procps: the microvm runtime (QEMU,
 # qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl).
 apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables
-  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps)
+  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -21,6 +21,11 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian's docker-registry package enables a public registry on :5000; the tests run
+  # their own on loopback.
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v uv >/dev/null; then
