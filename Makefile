@@ -15,8 +15,8 @@ envd: setup envd-bundle
 test: setup envd-bundle
 	uv run ruff check .
 	uv run ruff format --check .
-	uv run hearth template build-base
-	uv run hearth template build-code-interpreter
+	uv run hearth template build base
+	uv run hearth template build code-interpreter-v1
 	uv run pytest -q
 
 lint:

@@ -19,9 +19,15 @@ from hearth.node.runtime import RUNTIMES
 if TYPE_CHECKING:
     from datetime import datetime
 
+    import httpx
+    from e2b import LogEntry
+
     from hearth.store import Store, Team
 
 ENVD_DEFAULT_PORT = 49983
+DEFAULT_API_URL = "http://localhost:3000"  # `hearth serve`'s, as E2B_API_URL says it
+# hearth.template.builtins.names() for the help text, which imports no recipe.
+BUILTIN_TEMPLATES = ("busybox", "debian", "base", "code-interpreter-v1")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,10 +46,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     envd.add_argument("--port", type=int, default=ENVD_DEFAULT_PORT)
     envd.add_argument(
+        "--template",
+        default="base",
+        metavar="NAME[:TAG]",
+        help="the files of this template for --isolated: a built-in one (built here if need"
+        " be) or one built on this machine's server (default: %(default)s)",
+    )
+    envd.add_argument(
         "--root",
         choices=("busybox", "debian"),
-        default="busybox",
-        help="root filesystem for --isolated (default: %(default)s)",
+        help="a bare built-in root for --isolated instead of --template",
+    )
+    envd.add_argument(
+        "--team", default="default", help="whose --template to look up (default: %(default)s)"
     )
     envd.add_argument("--host", default="127.0.0.1", help="address to listen on without --isolated")
     envd.set_defaults(run=_envd)
@@ -96,47 +111,276 @@ def main(argv: list[str] | None = None) -> None:
     revoke.add_argument("id", metavar="ID")
     revoke.set_defaults(run=_keys_revoke)
 
-    template = commands.add_parser("template", help="build the built-in templates")
-    template_commands = template.add_subparsers(dest="template_command", required=True)
-    build_base = template_commands.add_parser(
-        "build-base",
-        help="build (or check) the base template's root and the envd bundle",
-        description="Build the `base` template (Debian with python3, pip, venv, nodejs,"
-        " npm, git, curl, sudo and the user `user`) and the envd bundle, with progress."
-        " `hearth serve` does this at its first start; the result is cached.",
+    template = commands.add_parser(
+        "template",
+        help="build, list and remove templates",
+        description="Build templates (the built-in ones here, a Dockerfile through the"
+        " server as the E2B SDK does), list and remove the server's.",
     )
-    build_base.set_defaults(run=_template_build_base)
-    build_interpreter = template_commands.add_parser(
-        "build-code-interpreter",
-        help="build (or check) the code-interpreter-v1 template's root",
-        description="Build the `code-interpreter-v1` template: the base template plus"
-        " Jupyter kernels (python, javascript/typescript on deno, bash, R), the data stack"
-        " (numpy, pandas, matplotlib, scipy, scikit-learn, ...) and Hearth's interpreter"
-        " server on port 49999, with progress. `hearth serve` builds it in the background"
-        " after base; the result is cached.",
+    template_commands = template.add_subparsers(
+        dest="template_command", required=True, metavar="COMMAND"
     )
-    build_interpreter.set_defaults(run=_template_build_code_interpreter)
+    build = template_commands.add_parser(
+        "build",
+        help="build a built-in template here, or a Dockerfile through the server",
+        description="Without -f, build (or find cached) the built-in template NAME"
+        f" ({', '.join(BUILTIN_TEMPLATES)}) on this machine, with progress; no server"
+        " needed, `hearth serve` uses the cache. With -f, build the Dockerfile as"
+        " NAME[:TAG] through the running server (E2B_API_URL, default"
+        f" {DEFAULT_API_URL}, with E2B_API_KEY) exactly as the E2B SDK's Template.build"
+        " does, printing its build logs.",
+    )
+    build.add_argument("name", metavar="NAME[:TAG]")
+    build.add_argument(
+        "-f",
+        "--file",
+        dest="dockerfile",
+        type=Path,
+        metavar="DOCKERFILE",
+        help="the Dockerfile to build",
+    )
+    build.add_argument(
+        "-p",
+        "--path",
+        dest="context",
+        type=Path,
+        metavar="CONTEXT_DIR",
+        help="the directory COPY takes files from (default: the Dockerfile's)",
+    )
+    build.add_argument(
+        "--cpu-count", type=int, metavar="N", help="vCPUs of the template's sandboxes"
+    )
+    build.add_argument(
+        "--memory-mb", type=int, metavar="N", help="memory of the template's sandboxes, MiB"
+    )
+    build.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    build.add_argument(
+        "-c",
+        "--cmd",
+        dest="start_cmd",
+        metavar="START",
+        help="the command the template's sandboxes start with (needs --ready-cmd)",
+    )
+    build.add_argument(
+        "--ready-cmd",
+        metavar="READY",
+        help="the command whose success means a sandbox is ready",
+    )
+    build.set_defaults(run=_template_build)
+    ls = template_commands.add_parser(
+        "ls",
+        help="list the server's templates",
+        description="List the templates the server's API key may use (GET /templates).",
+    )
+    ls.set_defaults(run=_template_ls)
+    rm = template_commands.add_parser(
+        "rm",
+        help="remove a template from the server",
+        description="Remove a template, its tags and its builds (DELETE /templates/NAME).",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.set_defaults(run=_template_rm)
 
     args = parser.parse_args(argv)
     sys.exit(args.run(args))
 
 
-def _template_build_base(args: argparse.Namespace) -> int:
-    from hearth.node.disk.rootfs import ensure_root
-    from hearth.node.guest.envd_bundle import ensure_bundle
+def _template_build(args: argparse.Namespace) -> int:
+    if args.dockerfile is None:
+        return _build_builtin(args)
+    return _build_dockerfile(args)
 
-    print(ensure_bundle())
-    print(ensure_root("base"))
+
+def _build_builtin(args: argparse.Namespace) -> int:
+    from hearth.node.guest.envd_bundle import ensure_bundle
+    from hearth.node.interface import BuildFailed
+    from hearth.template import builtins
+
+    if args.name not in builtins.names():
+        return _error(
+            f"{args.name!r} is not a built-in template ({', '.join(builtins.names())}):"
+            " pass -f Dockerfile to build it through the server",
+            2,
+        )
+    given = {
+        "-p": args.context,
+        "--cpu-count": args.cpu_count,
+        "--memory-mb": args.memory_mb,
+        "--no-cache": args.no_cache,
+        "-c": args.start_cmd,
+        "--ready-cmd": args.ready_cmd,
+    }
+    if flags := [flag for flag, value in given.items() if value]:
+        return _error(f"{', '.join(flags)}: only with -f (a built-in template is as it is)", 2)
+    print(f"hearth: envd bundle {ensure_bundle()}", file=sys.stderr, flush=True)
+    try:
+        layers = _builtin_layers(args.name)
+    except BuildFailed as e:
+        return _error(f"building {args.name} failed: {e}", 1)
+    print("\n".join(map(str, layers)))
     return 0
 
 
-def _template_build_code_interpreter(args: argparse.Namespace) -> int:
-    from hearth.node.disk.rootfs import ensure_root
-    from hearth.node.guest.envd_bundle import ensure_bundle
+def _builtin_layers(name: str) -> list[Path]:
+    """Build (or find cached) the built-in template `name` here, with progress on stderr:
+    its layer directories (bottom first)."""
+    import asyncio
+    import time
 
-    print(ensure_bundle())
-    print(ensure_root("code-interpreter"))
+    from hearth.config import settings
+    from hearth.node.local import LocalNode
+
+    started = time.monotonic()
+
+    def log(level: str, message: str, step: str | None) -> None:
+        if level != "debug":
+            label = "" if level == "info" else f"{level}: "
+            elapsed = time.monotonic() - started
+            print(f"{elapsed:6.1f}s {label}{message}", file=sys.stderr, flush=True)
+
+    async def build() -> list[Path]:
+        # The isolated runtime adopts nothing: a `hearth serve` running on this data
+        # directory keeps its sandboxes (a container node here would adopt them, then
+        # stop them on leaving). Build steps run in containers all the same.
+        async with LocalNode(settings().data_dir / "node", runtime="isolated") as node:
+            artifact = await node.builtin(name, log)
+            return node.layers.paths(artifact.layers)
+
+    return asyncio.run(build())
+
+
+def _build_dockerfile(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+    from e2b import AuthenticationException, BuildException, SandboxException, Template
+
+    api_url, api_key = _api()
+    if args.start_cmd and not args.ready_cmd:
+        return _error("-c/--cmd needs --ready-cmd (the command that says it is ready)", 2)
+    dockerfile = args.dockerfile.resolve()
+    if not dockerfile.is_file():
+        return _error(f"no Dockerfile at {args.dockerfile}", 2)
+    context = (args.context or dockerfile.parent).resolve()
+    started = time.monotonic()
+
+    def log(entry: LogEntry) -> None:
+        elapsed = time.monotonic() - started
+        print(
+            f"{elapsed:6.1f}s {entry.level.upper():5} {entry.message}", file=sys.stderr, flush=True
+        )
+
+    try:
+        template = Template(file_context_path=context).from_dockerfile(str(dockerfile))
+        if args.start_cmd:
+            template = template.set_start_cmd(args.start_cmd, args.ready_cmd)
+        elif args.ready_cmd:
+            template = template.set_ready_cmd(args.ready_cmd)
+        info = Template.build(
+            template,
+            args.name,
+            cpu_count=args.cpu_count,
+            memory_mb=args.memory_mb,
+            skip_cache=args.no_cache,
+            on_build_logs=log,
+            api_key=api_key,
+            api_url=api_url,
+        )
+    except BuildException as e:
+        return _error(f"build failed: {e}", 1)
+    except (AuthenticationException, SandboxException, ValueError) as e:
+        # A key the server refuses, an API error, a Dockerfile the SDK cannot read.
+        return _error(str(e), 1)
+    except httpx.TransportError as e:
+        return _error(f"cannot reach {api_url} ({e}): is hearth serve running?", 1)
+    print(f"{info.name}: template {info.template_id}, build {info.build_id}")
     return 0
+
+
+def _template_ls(args: argparse.Namespace) -> int:
+    answer = _request("GET", "/templates")
+    if isinstance(answer, int):
+        return answer
+    rows = [("NAMES", "TEMPLATE ID", "STATUS", "CPU", "MEMORY MB", "PUBLIC", "LAST BUILD")]
+    for t in answer.json():
+        names = t.get("names") or t.get("aliases") or []
+        rows.append(
+            (
+                ",".join(names) or "-",
+                t["templateID"],
+                t.get("buildStatus", "-"),
+                str(t["cpuCount"]),
+                str(t["memoryMB"]),
+                "yes" if t.get("public") else "no",
+                t.get("buildID") or "-",
+            )
+        )
+    _print_table(rows)
+    return 0
+
+
+def _template_rm(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    answer = _request("DELETE", f"/templates/{quote(args.name, safe='')}")
+    if isinstance(answer, int):
+        return answer
+    print(f"removed {args.name}")
+    return 0
+
+
+def _api() -> tuple[str, str]:
+    """The server's URL and API key, as the E2B SDK finds them (exits 2 without a key)."""
+    api_key = os.environ.get("E2B_API_KEY")
+    if not api_key:
+        sys.exit(
+            _error("set E2B_API_KEY to a key of the server (hearth keys create prints one)", 2)
+        )
+    return os.environ.get("E2B_API_URL") or DEFAULT_API_URL, api_key
+
+
+def _request(method: str, path: str) -> httpx.Response | int:
+    """One call to the server's REST API; an exit code (the error printed) if it fails."""
+    import httpx
+
+    api_url, api_key = _api()
+    url = api_url.rstrip("/") + path
+    try:
+        with httpx.Client(trust_env=not _is_loopback(url), timeout=30) as client:
+            response = client.request(method, url, headers={"X-API-Key": api_key})
+    except httpx.TransportError as e:
+        return _error(f"cannot reach {api_url} ({e}): is hearth serve running?", 1)
+    if response.is_success:
+        return response
+    try:
+        message = response.json()["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text or response.reason_phrase
+    return _error(f"{method} {path}: {response.status_code} {message}", 1)
+
+
+def _is_loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _error(message: str, code: int) -> int:
+    print(f"hearth: {message}", file=sys.stderr)
+    return code
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -167,14 +411,22 @@ def _envd(args: argparse.Namespace) -> int:
         _envd_on_host(args.host, args.port)
     from hearth.node.runtime.isolated import IsolatedEnvd, IsolatedEnvdError
 
+    root: str | list[Path]
+    if args.root:
+        root, what = args.root, f"a {args.root} root"
+    else:
+        found = _template_layers(args.template, args.team)
+        if isinstance(found, int):
+            return found
+        root, what = found, f"the {args.template} template"
     # SIGTERM unwinds like Ctrl-C, so the sandbox is taken down either way; SIGINT is
     # set explicitly because a parent (a job control shell, make) may have ignored it.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
-    sandbox = IsolatedEnvd(args.root, args.port, stderr=sys.stderr.fileno())
+    sandbox = IsolatedEnvd(root, args.port, stderr=sys.stderr.fileno())
     try:
         sandbox.start()
-        _print_instructions(args.root, sandbox.port)
+        _print_instructions(what, sandbox.port)
         code = sandbox.wait()
         print(f"hearth: envd exited ({code})", file=sys.stderr)
         return 1
@@ -188,6 +440,49 @@ def _envd(args: argparse.Namespace) -> int:
         sandbox.stop()
 
 
+def _template_layers(name: str, team_name: str) -> list[Path] | int:
+    """The layer directories of template `name` (bottom first): a built-in one's, built
+    here if need be, else those of the build the team's template's tag names (`:tag`,
+    default `default`), which must be on this machine. An exit code if there are none."""
+    from hearth.template import builtins
+
+    if name in builtins.names():
+        from hearth.node.interface import BuildFailed
+
+        try:
+            return _builtin_layers(name)
+        except BuildFailed as e:
+            return _error(f"building {name} failed: {e}", 1)
+
+    from hearth.config import settings
+    from hearth.template.artifact import Artifact
+    from hearth.template.layers import LayerStore
+
+    alias, _, tag = name.partition(":")
+    artifacts: list[Artifact] = []
+
+    async def find(store: Store, team: Team) -> int:
+        template = await store.get_template(team.id, alias)
+        if template is None:
+            return _error(f"team {team.name} has no template {alias!r}", 1)
+        build = await store.tagged_build(template.template_id, tag or "default")
+        if build is None or build.artifact is None:
+            return _error(f"template {alias} has no ready build tagged {tag or 'default'}", 1)
+        artifacts.append(Artifact.from_json(build.artifact))
+        return 0
+
+    code = _in_team(team_name, find)
+    if code:
+        return code
+    layers = LayerStore(settings().cache_dir / "layers")
+    if missing := layers.missing(artifacts[0].layers):
+        return _error(
+            f"the layers of {name} ({', '.join(missing)}) are not on this machine: build it again",
+            1,
+        )
+    return layers.paths(artifacts[0].layers)
+
+
 def _envd_on_host(host: str, port: int) -> NoReturn:
     print(
         "hearth: warning: envd runs directly on this host, without isolation: commands"
@@ -198,10 +493,10 @@ def _envd_on_host(host: str, port: int) -> NoReturn:
     os.execv(sys.executable, command)
 
 
-def _print_instructions(root: str, port: int) -> None:
+def _print_instructions(what: str, port: int) -> None:
     url = f"http://127.0.0.1:{port}"
     lines = [
-        f"envd is running isolated over a {root} root at {url}",
+        f"envd is running isolated over {what} at {url}",
         "Point the E2B SDK at it:",
         "  export E2B_DEBUG=true",
     ]
@@ -234,9 +529,7 @@ def _keys_list(args: argparse.Namespace) -> int:
         for key in await store.list_api_keys(team.id, include_revoked=args.all):
             when = (key.created_at, key.last_used_at, key.revoked_at)
             rows.append((key.id, key.name, key.masked, *map(_when, when))[: len(header)])
-        widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _print_table(rows)
         return 0
 
     return _in_team(args.team, show)

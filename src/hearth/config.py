@@ -37,6 +37,8 @@ class Settings:
     # CA certificates that template build steps trust (pip, curl, git, node): the
     # host's, so a build works behind the same TLS-inspecting proxy as the host.
     build_ca_bundle: Path | None = None
+    # Template builds that run at once (HEARTH_BUILD_CONCURRENCY); the others wait.
+    build_concurrency: int = 2
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,7 +55,21 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         pool_sizes=_pool_sizes(env.get("HEARTH_POOL_SIZE") or ""),
         registry_mirror=(env.get("HEARTH_REGISTRY_MIRROR") or "").strip() or None,
         build_ca_bundle=_ca_bundle(env.get("HEARTH_BUILD_CA_BUNDLE")),
+        build_concurrency=_positive(env, "HEARTH_BUILD_CONCURRENCY", 2),
     )
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name}: {value!r} is not a positive number")
+    return number
 
 
 def _ca_bundle(value: str | None) -> Path | None:

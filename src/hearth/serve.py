@@ -24,22 +24,20 @@ from pathlib import Path
 import uvicorn
 
 from hearth import config
-from hearth.api import ENVD_VERSION, ApiSettings, create_app, live_sandboxes
+from hearth.api import ApiSettings, TemplateBuilds, create_app, ensure_builtin, live_sandboxes
 from hearth.node.interface import Node
 from hearth.proxy import Gateway, listen
 from hearth.store import Store
 from hearth.store import open as open_store
+from hearth.template.artifact import Artifact
+from hearth.template.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-# The templates every installation has: what `Sandbox.create()` asks for by default.
-DEFAULT_TEMPLATE = "base"  # what `Sandbox.create()` asks for without a template
-# What e2b-code-interpreter's `Sandbox.create()` asks for; its root is built in the
-# background once base is ready, and a create that comes first waits for it.
+# The templates every installation has, built from their recipes at start: `base` (what
+# `Sandbox.create()` asks for) before the server listens, the code interpreter's after.
+DEFAULT_TEMPLATE = "base"
 CODE_INTERPRETER_TEMPLATE = "code-interpreter-v1"
-BUILTIN_TEMPLATES = (DEFAULT_TEMPLATE, CODE_INTERPRETER_TEMPLATE)
-# Template id -> the node's root kind, for the built-in templates that are not one.
-BUILTIN_ROOTS = {CODE_INTERPRETER_TEMPLATE: "code-interpreter"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ class ServeOptions:
     # Template id -> sandboxes kept started ahead of its creates (the node's warm pool,
     # container runtime). Empty: none; the command line passes HEARTH_POOL_SIZE's.
     pool_sizes: Mapping[str, int] = field(default_factory=dict)
+    # Template builds that run at once; None: HEARTH_BUILD_CONCURRENCY's.
+    build_concurrency: int | None = None
 
 
 @dataclass
@@ -99,12 +99,8 @@ async def serve(
         # From here on a signal stops the server cleanly, even one sent during start.
         stack.enter_context(_signals_set(stop))
         _, api_key = await store.ensure_default_team()
-        await _ensure_templates(store)
-        building: asyncio.Task[bool] | None = None
         if node is None:
             node = await _start_node(options, data_dir)
-            building = asyncio.create_task(_prepare(node, CODE_INTERPRETER_TEMPLATE))
-            stack.callback(building.cancel)
         elif (start := getattr(node, "start", None)) is not None:
             # A node given by the caller is started (and so reconciled) here too: the
             # API's reconcile below asks it what it runs and holds paused.
@@ -115,6 +111,28 @@ async def serve(
         keep = options.runtime in ("container", "microvm") and detach is not None
         stack.push_async_callback(detach if keep else node.close)
 
+        settings = ApiSettings(
+            max_timeout=options.max_timeout,
+            data_dir=data_dir,
+            build_concurrency=options.build_concurrency or config.settings().build_concurrency,
+        )
+        builds = TemplateBuilds(store, node, concurrency=settings.build_concurrency)
+        stack.push_async_callback(builds.close)  # before the node and the store close
+        await builds.fail_unfinished()
+        recipes = await asyncio.to_thread(_builtin_recipes)
+        # Built before the first request, with progress on the console: built inside a
+        # create, it would outlast the SDK's request timeout.
+        ready = await ensure_builtin(
+            store,
+            builds,
+            DEFAULT_TEMPLATE,
+            recipes[DEFAULT_TEMPLATE],
+            settings=settings,
+            echo=_progress(DEFAULT_TEMPLATE),
+        )
+        if ready is None:
+            raise RuntimeError(f"the {DEFAULT_TEMPLATE} template could not be built (see above)")
+
         public = listen(options.host, options.port)
         stack.callback(public.close)  # a no-op once its server has closed it
         port = public.getsockname()[1]
@@ -123,11 +141,8 @@ async def serve(
             proxy_sock = listen(options.host, options.proxy_port)
             stack.callback(proxy_sock.close)
         domains = options.domains or (f"localhost:{port}",)
-        app = create_app(
-            store,
-            node,
-            ApiSettings(domain=domains[0], max_timeout=options.max_timeout),
-        )
+        settings = settings.model_copy(update={"domain": domains[0]})
+        app = create_app(store, node, settings, builds=builds)
         api_server, api_task, api_socket = await _start_api(app)
         stack.push_async_callback(_stop_api, api_server, api_task)
 
@@ -157,10 +172,13 @@ async def serve(
         )
         if started is not None:
             started(running)
-        if building is not None and any(options.pool_sizes.values()):
-            # After the start and behind the builds: the pool only speeds up creates.
-            warming = asyncio.create_task(_warm(node, store, options.pool_sizes, building))
-            stack.callback(warming.cancel)
+        # After the start: the code interpreter's build, and the warm pools (which only
+        # speed creates up) of each template once its build is ready.
+        later = asyncio.create_task(
+            _after_start(store, builds, node, recipes, settings, options.pool_sizes),
+            name="hearth-after-start",
+        )
+        stack.push_async_callback(_cancel, later)
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, api_task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -184,73 +202,93 @@ def _storage(options: ServeOptions) -> tuple[Path, str]:
     return data_dir, url
 
 
-async def _ensure_templates(store: Store) -> None:
-    for name in BUILTIN_TEMPLATES:
-        if await store.find_template(name) is None:
-            await store.upsert_template(
-                name,
-                team_id=None,
-                cpu_count=2,
-                memory_mb=1024 if name == CODE_INTERPRETER_TEMPLATE else 512,
-                disk_size_mb=2048,
-                envd_version=ENVD_VERSION,
-                aliases=[name],
-                public=True,
-            )
+def _builtin_recipes() -> dict[str, Recipe]:
+    """The built-in templates' recipes; the files they copy are kept (once, by content)
+    where the node keeps its own copies of them."""
+    from hearth.template import builtins
+
+    files = config.settings().cache_dir / "builtin-files"
+    return {
+        name: builtins.recipe(name, files) for name in (DEFAULT_TEMPLATE, CODE_INTERPRETER_TEMPLATE)
+    }
+
+
+def _progress(name: str) -> Callable[[str, str, str | None], None]:
+    """A built-in template's build on the console, one line an entry (debug ones aside):
+    the builder's messages say what is slow."""
+
+    def echo(level: str, message: str, step: str | None) -> None:
+        if level != "debug":
+            print(f"hearth: {name}: {message}", file=sys.stderr, flush=True)
+
+    return echo
 
 
 async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
     """The in-process node, started (and so reconciled) before the API reconciles."""
     from hearth.node.local import LocalNode
 
-    node = LocalNode(
-        data_dir / "node",
-        runtime=options.runtime,  # type: ignore[arg-type]
-        templates=BUILTIN_ROOTS,  # type: ignore[arg-type]
-    )
+    node = LocalNode(data_dir / "node", runtime=options.runtime)  # type: ignore[arg-type]
     try:
         await node.start()
-        # The default template's root is built before the first request, with progress
-        # on the console: built inside a create, it outlasts the SDK's request timeout.
-        await node.prepare(DEFAULT_TEMPLATE)
     except BaseException:
         await node.close()
         raise
     return node
 
 
-async def _prepare(node: Node, template_id: str) -> bool:
-    """Build a template's root in the background, logging (not raising) a failure: a
-    create of that template tries again and reports it. True once built."""
-    try:
-        await node.prepare(template_id)  # type: ignore[attr-defined]
-    except Exception as e:  # noqa: BLE001
-        log.error("building the %s template failed: %s", template_id, e)
-        return False
-    return True
-
-
-async def _warm(
-    node: Node, store: Store, sizes: Mapping[str, int], building: asyncio.Task[bool]
+async def _after_start(
+    store: Store,
+    builds: TemplateBuilds,
+    node: Node,
+    recipes: Mapping[str, Recipe],
+    settings: ApiSettings,
+    sizes: Mapping[str, int],
 ) -> None:
-    """Start the node's warm pools with the templates' default resources, each once
-    its root is built: base's is, the code interpreter's once `building` succeeds."""
+    """Warm the pools of the templates that are ready (base is), then build the code
+    interpreter in the background (a failure is logged: a create of it says it has no
+    ready build) and warm its pool once it is ready."""
+    pending = {CODE_INTERPRETER_TEMPLATE}
+    await _warm(node, store, {t: n for t, n in sizes.items() if t not in pending})
+    try:
+        await ensure_builtin(
+            store,
+            builds,
+            CODE_INTERPRETER_TEMPLATE,
+            recipes[CODE_INTERPRETER_TEMPLATE],
+            settings=settings,
+            echo=_progress(CODE_INTERPRETER_TEMPLATE),
+        )
+    except Exception as e:  # noqa: BLE001 - the server serves on without it
+        log.error("building the %s template failed: %s", CODE_INTERPRETER_TEMPLATE, e)
+    await _warm(node, store, {t: n for t, n in sizes.items() if t in pending})
+
+
+async def _warm(node: Node, store: Store, sizes: Mapping[str, int]) -> None:
+    """Start the node's warm pools with each template's ready build and resources."""
     warm = getattr(node, "warm", None)
     if warm is None:
         return
-    for template_id, size in sizes.items():
-        template = await store.find_template(template_id)
-        if size <= 0 or template is None:
+    for name, size in sizes.items():
+        template = await store.find_template(name)
+        build = await store.tagged_build(template.template_id) if template else None
+        if size <= 0 or build is None or build.artifact is None:
             continue
-        if template_id == CODE_INTERPRETER_TEMPLATE and not await asyncio.shield(building):
-            continue
-        defaults = ApiSettings()
-        await warm(
-            template_id,
-            cpu_count=template.cpu_count or defaults.cpu_count,
-            memory_mb=template.memory_mb or defaults.memory_mb,
-            size=size,
-        )
+        try:
+            await warm(
+                template.template_id,  # type: ignore[union-attr]
+                artifact=Artifact.from_json(build.artifact),
+                cpu_count=build.cpu_count,
+                memory_mb=build.memory_mb,
+                size=size,
+            )
+        except Exception as e:  # noqa: BLE001 - the pool only speeds creates up
+            log.warning("could not keep %s sandboxes ready: %s", name, e)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class _Uvicorn(uvicorn.Server):

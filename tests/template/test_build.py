@@ -153,9 +153,7 @@ async def test_the_start_command_runs_and_must_become_ready(node) -> None:
         ready_cmd="test -f /tmp/started",
     )
     artifact = await node.build(_request(ready, parent=busybox), Log())
-    done = await _run(
-        node, artifact, "cat /tmp/started; ps | grep -q '[s]leep 1000' && echo up"
-    )
+    done = await _run(node, artifact, "cat /tmp/started; ps | grep -q '[s]leep 1000' && echo up")
     assert done.output.split() == ["started", "up"]
     failing = Recipe(base=Base(template="busybox"), start_cmd="exit 7", ready_cmd="false")
     with pytest.raises(BuildFailed) as failed:

@@ -1,35 +1,54 @@
-"""The FastAPI application: routes, error mapping, and the sandbox reaper's lifetime."""
+"""The FastAPI application: routes, error mapping, and the lifetimes of the sandbox reaper
+and the template builds."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI
 
 from hearth.api import _errors
+from hearth.api._builds import TemplateBuilds
 from hearth.api._live import LiveSandboxes
+from hearth.api._names import ENCODED_SLASH
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
+from hearth.api._templates import Templates
 from hearth.api.routes import health, sandboxes, templates
 from hearth.node.interface import Node
 from hearth.store import Store
 
 
-def create_app(store: Store, node: Node, settings: ApiSettings | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    node: Node,
+    settings: ApiSettings | None = None,
+    *,
+    builds: TemplateBuilds | None = None,
+) -> FastAPI:
     """The E2B control-plane API over `store` and `node`.
 
     On start it reconciles the store with what the node runs and starts the reaper,
     which kills (or, with autoPause, pauses) sandboxes at their end; `live_sandboxes(app)`
-    is what the proxy routes by.
+    is what the proxy routes by. Template builds run in `builds` (whoever passes it
+    starts and closes it, as `hearth serve` does to build the built-ins before the API
+    listens), else in the app's own, closed when the app stops.
     """
     settings = settings or ApiSettings()
     live = LiveSandboxes(node)
     service = Sandboxes(store, node, settings, live)
+    own_builds = builds is None
+    if builds is None:
+        builds = TemplateBuilds(store, node, concurrency=settings.build_concurrency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if own_builds:
+            await builds.fail_unfinished()
         await service.reconcile()
         reaper = asyncio.create_task(service.reap_forever(), name="hearth-reaper")
         try:
@@ -37,6 +56,8 @@ def create_app(store: Store, node: Node, settings: ApiSettings | None = None) ->
         finally:
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
+            if own_builds:
+                await builds.close()
             await service.aclose()
 
     app = FastAPI(title="Hearth", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -44,11 +65,30 @@ def create_app(store: Store, node: Node, settings: ApiSettings | None = None) ->
     app.state.node = node
     app.state.settings = settings
     app.state.sandboxes = service
+    app.state.templates = Templates(store, node, settings, builds)
     app.state.live = live
     _errors.install(app)
     for module in (health, sandboxes, templates):
         app.include_router(module.router)
+    app.add_middleware(_KeepEncodedSlashes)
     return app
+
+
+class _KeepEncodedSlashes:
+    """Keep a `%2F` in a path segment (the SDK's encoding of a namespaced template name,
+    spec §2.1) from splitting the segment when Starlette routes by the decoded path:
+    the segment reaches the route with `%2F` in it, which `parse_name` reads as `/`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            segments = raw.decode("latin-1").split("/")
+            path = "/".join(unquote(s).replace("/", ENCODED_SLASH) for s in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
 
 
 def live_sandboxes(app: FastAPI) -> LiveSandboxes:

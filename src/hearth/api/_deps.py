@@ -1,4 +1,4 @@
-"""What a route may ask for besides its parameters: the app's store, service and settings."""
+"""What a route may ask for besides its parameters: the app's store, services and settings."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
+from hearth.api._templates import Templates
 from hearth.store import Store
 
 
@@ -19,10 +20,15 @@ def _sandboxes(request: Request) -> Sandboxes:
     return request.app.state.sandboxes
 
 
+def _templates(request: Request) -> Templates:
+    return request.app.state.templates
+
+
 def _settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
 StoreDep = Annotated[Store, Depends(_store)]
 SandboxesDep = Annotated[Sandboxes, Depends(_sandboxes)]
+TemplatesDep = Annotated[Templates, Depends(_templates)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]

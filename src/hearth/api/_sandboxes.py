@@ -20,7 +20,6 @@ import hashlib
 import logging
 import re
 import secrets
-import string
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -32,25 +31,20 @@ import httpx
 
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
+from hearth.api._names import new_id
 from hearth.api._settings import ApiSettings
+from hearth.api._templates import ready_build
 from hearth.node.interface import Node, PauseNotSupported, SandboxNotFound, SandboxSpec
-from hearth.store import Sandbox, SandboxState, Store, Team, Template
+from hearth.store import Sandbox, SandboxState, Store, Team
+from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
 ENVD_PORT = 49983
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_LENGTH = 20
 _IDEMPOTENCY_KEY = re.compile(r"[a-z0-9-]{1,255}")
 IDEMPOTENCY_TTL = 600.0
-DEFAULT_TAGS = ("default", "latest")
 # An auto-resume runs for the create-time timeout, or this long if there was none.
 AUTO_RESUME_TIMEOUT = 300
-
-
-def new_sandbox_id() -> str:
-    """20 characters of [a-z0-9], never a `-`: the proxy splits host labels on it."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
 def now() -> datetime:
@@ -128,20 +122,23 @@ class Sandboxes:
                 "You cannot create a sandbox without public access unless you enable"
                 " secure envd access via 'secure' flag.",
             )
-        template, alias = await self._template(team, request.template)
+        # The ready build the template's tag names, its resources the sandbox's.
+        template, build, alias = await ready_build(self._store, team, request.template)
+        assert build.artifact is not None  # ready_build returns only builds that have one
         async with self._reserve(team.id):
-            sandbox_id = new_sandbox_id()
+            sandbox_id = new_id()
             envd_token = secrets.token_urlsafe(32) if request.secure else None
             traffic_token = None if request.public_traffic else secrets.token_urlsafe(32)
             spec = SandboxSpec(
                 sandbox_id=sandbox_id,
                 template_id=template.template_id,
-                cpu_count=template.cpu_count or self._settings.cpu_count,
-                memory_mb=template.memory_mb or self._settings.memory_mb,
+                cpu_count=build.cpu_count or self._settings.cpu_count,
+                memory_mb=build.memory_mb or self._settings.memory_mb,
                 env_vars=dict(request.env_vars),
                 envd_access_token=envd_token,
                 allow_internet=request.allow_internet,
                 metadata=dict(request.metadata),
+                artifact=Artifact.from_json(build.artifact),
             )
             try:
                 await self._node.create(spec)
@@ -160,8 +157,8 @@ class Sandboxes:
                     started_at=started,
                     cpu_count=spec.cpu_count,
                     memory_mb=spec.memory_mb,
-                    disk_size_mb=template.disk_size_mb or self._settings.disk_size_mb,
-                    envd_version=self._settings.envd_version,
+                    disk_size_mb=build.disk_size_mb or self._settings.disk_size_mb,
+                    envd_version=build.envd_version or self._settings.envd_version,
                     metadata=request.metadata,
                     envd_access_token=envd_token,
                     traffic_access_token=traffic_token,
@@ -203,17 +200,6 @@ class Sandboxes:
             yield
         finally:
             self._starting[team_id] -= 1
-
-    async def _template(self, team: Team, name: str) -> tuple[Template, str | None]:
-        """The template `name` (an id or alias, optionally `:tag`) and the alias to report."""
-        base, _, tag = name.partition(":")
-        template = await self._store.get_template(team.id, base)
-        if template is None:
-            raise ApiError(404, f"template '{name}' not found")
-        if tag and tag not in DEFAULT_TAGS:
-            raise ApiError(404, f"tag '{tag}' of template '{base}' not found")
-        alias = base if base in template.aliases else (template.aliases or (None,))[0]
-        return template, alias
 
     def _check_timeout(self, seconds: int, *, create: bool = False) -> None:
         if create and seconds <= 0:

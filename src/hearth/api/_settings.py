@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 # The envd feature level Hearth's envd implements (spec §3.7); the SDK gates on it.
@@ -23,3 +25,8 @@ class ApiSettings(BaseModel):
     disk_size_mb: int = Field(2048, ge=0)
     # How often the reaper looks for sandboxes past their end.
     reap_interval: float = Field(1.0, gt=0)
+    # Where state that outlives a restart is kept: the files uploaded for template
+    # builds (under `template-files/`). None: uploads are refused.
+    data_dir: Path | None = None
+    # Template builds that run on the node at once; the others wait.
+    build_concurrency: int = Field(2, ge=1)

@@ -299,17 +299,10 @@ class LocalNode:
     async def _ensure_builder(self) -> Builder:
         if self._builder is not None:
             return self._builder
-        driver = self.runtime if isinstance(self.runtime, _ContainerDriver) else None
-        if driver is None:
-            # Build steps always run in container sandboxes, whatever runs the others.
-            driver = self._build_driver = _ContainerDriver(
-                self.data_dir / "builds", self._bundle_dir, **self._options
-            )
-            await driver.setup()
         config = settings()
         self._builder = Builder(
             self.layers,
-            lambda layers, cpu, memory: _open_build_sandbox(driver, layers, cpu, memory),
+            self._open_build_sandbox,
             self.builtin,
             envd_version=ENVD_VERSION,
             bundle_dir=ensure_bundle(self._bundle_dir),
@@ -317,6 +310,29 @@ class LocalNode:
             ca_bundle=config.build_ca_bundle,
         )
         return self._builder
+
+    async def _open_build_sandbox(
+        self, layers: list[Path], cpu_count: int, memory_mb: int
+    ) -> _BuildSandbox:
+        """A container sandbox for a build step, whatever runs the node's others. The
+        driver is set up on the first step: a build found whole in the cache needs none."""
+        driver = self.runtime if isinstance(self.runtime, _ContainerDriver) else None
+        if driver is None:
+            if self._build_driver is None:
+                build_driver = _ContainerDriver(
+                    self.data_dir / "builds", self._bundle_dir, **self._options
+                )
+                await build_driver.setup()
+                self._build_driver = build_driver
+            driver = self._build_driver
+        spec = SandboxSpec(
+            sandbox_id="b" + secrets.token_hex(10)[:19],
+            template_id="build",
+            cpu_count=cpu_count,
+            memory_mb=memory_mb,
+            allow_internet=True,
+        )
+        return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 
     async def warm(
         self,
@@ -542,19 +558,6 @@ class _BuildSandbox:
 
     async def stop(self) -> None:
         await self._sandbox.stop()
-
-
-async def _open_build_sandbox(
-    driver: _ContainerDriver, layers: list[Path], cpu_count: int, memory_mb: int
-) -> _BuildSandbox:
-    spec = SandboxSpec(
-        sandbox_id="b" + secrets.token_hex(10)[:19],
-        template_id="build",
-        cpu_count=cpu_count,
-        memory_mb=memory_mb,
-        allow_internet=True,
-    )
-    return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 
 
 class _ContainerDriver:

@@ -65,9 +65,8 @@ class Step:
             raise RecipeError(f"step {number}: args must be a list of strings")
         minimum = {"RUN": 1, "COPY": 2, "ENV": 2, "WORKDIR": 1, "USER": 1}[kind]
         if len(args) < minimum or (kind == "ENV" and len(args) % 2):
-            raise RecipeError(
-                f"step {number}: {kind} needs {'key/value pairs' if kind == 'ENV' else f'{minimum} argument(s)'}"
-            )
+            wanted = "key/value pairs" if kind == "ENV" else f"{minimum} argument(s)"
+            raise RecipeError(f"step {number}: {kind} needs {wanted}")
         files_hash = data.get("filesHash")
         if kind == "COPY" and not files_hash:
             raise RecipeError(f"step {number}: COPY needs a filesHash (upload the files first)")

@@ -1,86 +1,296 @@
-"""Template routes the SDK and CLI read: the list, and whether an alias exists."""
+"""Template routes: register and start builds, upload their files, follow their status and
+logs, list, get, publish, tag and delete templates (spec §2.5, §5)."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Annotated, Literal
+import base64
+import binascii
+import json
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Request, Response
 
 from hearth.api._auth import CurrentTeam
-from hearth.api._deps import StoreDep
+from hearth.api._deps import TemplatesDep
 from hearth.api._errors import ApiError
-from hearth.store import Template as TemplateRecord
+from hearth.api._uploads import UPLOAD_PATH
+from hearth.api.routes.template_schemas import (
+    AssignedTemplateTags,
+    AssignTemplateTagsRequest,
+    BuildLogEntryOut,
+    DeleteTemplateTagsRequest,
+    LogLevel,
+    TemplateAlias,
+    TemplateBuildFileUpload,
+    TemplateBuildInfo,
+    TemplateBuildLogsResponse,
+    TemplateBuildOut,
+    TemplateBuildRequestV3,
+    TemplateBuildStartV2,
+    TemplateOut,
+    TemplateRequestResponseV3,
+    TemplateTagOut,
+    TemplateUpdateRequest,
+    TemplateUpdateResponse,
+    TemplateWithBuilds,
+)
+from hearth.store import MAX_PAGE
 
 router = APIRouter()
+T = TypeVar("T")
+
+# Routes with a fixed segment come before the `{template_id}` ones they would match.
 
 
-class TemplateOut(BaseModel):
-    """`Template` of the OpenAPI spec (every field the Python parser pops is here)."""
-
-    templateID: str
-    buildID: str
-    cpuCount: int
-    memoryMB: int
-    diskSizeMB: int
-    public: bool
-    aliases: list[str]
-    names: list[str]
-    createdAt: datetime
-    updatedAt: datetime
-    createdBy: None = None
-    lastSpawnedAt: datetime | None
-    spawnCount: int
-    buildCount: int
-    envdVersion: str
-    buildStatus: Literal["building", "waiting", "ready", "error"]
-
-    @classmethod
-    def of(cls, t: TemplateRecord) -> TemplateOut:
-        return cls(
-            templateID=t.template_id,
-            # A template that was never built here (a seeded one) still needs an id.
-            buildID=t.build_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"hearth:{t.template_id}")),
-            cpuCount=t.cpu_count,
-            memoryMB=t.memory_mb,
-            diskSizeMB=t.disk_size_mb,
-            public=t.public,
-            aliases=list(t.aliases),
-            names=list(t.aliases) or [t.template_id],
-            createdAt=t.created_at,
-            updatedAt=t.updated_at,
-            lastSpawnedAt=t.last_spawned_at,
-            spawnCount=t.spawn_count,
-            buildCount=t.build_count,
-            envdVersion=t.envd_version,
-            buildStatus="ready",
-        )
+# --- build -----------------------------------------------------------------------------
 
 
-class TemplateAlias(BaseModel):
-    templateID: str
-    public: bool
+@router.post("/v3/templates", status_code=202)
+async def request_build(
+    body: TemplateBuildRequestV3, team: CurrentTeam, templates: TemplatesDep
+) -> TemplateRequestResponseV3:
+    template, build = await templates.register(
+        team,
+        name=body.name if body.name is not None else body.alias,
+        tags=body.tags,
+        cpu_count=body.cpuCount,
+        memory_mb=body.memoryMB,
+        min_free_disk_mb=body.minFreeDiskMb,
+        team_id=body.teamID,
+    )
+    return TemplateRequestResponseV3.of(template, build)
+
+
+@router.get("/templates/{template_id}/files/{files_hash}", status_code=201)
+async def file_upload_link(
+    template_id: str,
+    files_hash: str,
+    request: Request,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+) -> TemplateBuildFileUpload:
+    url = await templates.upload_link(team, template_id, files_hash, _base_url(request))
+    return TemplateBuildFileUpload(present=url is None, url=url)
+
+
+@router.put(UPLOAD_PATH + "/{token}")
+async def upload_files(token: str, request: Request, templates: TemplatesDep) -> Response:
+    """The PUT of an upload link: no API key (the SDK sends none), the token is the key."""
+    length = request.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise ApiError(400, "invalid Content-Length")
+    await templates.receive_upload(token, request.stream(), int(length) if length else None)
+    return Response(status_code=200)
+
+
+@router.post("/v2/templates/{template_id}/builds/{build_id}", status_code=202)
+async def start_build(
+    template_id: str,
+    build_id: str,
+    body: TemplateBuildStartV2,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+) -> Response:
+    await templates.start_build(team, template_id, build_id, body.model_dump(exclude_none=True))
+    return Response(status_code=202)
+
+
+@router.get("/templates/{template_id}/builds/{build_id}/status")
+async def build_status(
+    template_id: str,
+    build_id: str,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+    logs_offset: Annotated[int, Query(alias="logsOffset", ge=0)] = 0,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = MAX_PAGE,
+    level: LogLevel | None = None,
+) -> TemplateBuildInfo:
+    _, build, entries = await templates.build_status(
+        team, template_id, build_id, offset=logs_offset, limit=limit, level=level
+    )
+    return TemplateBuildInfo.of(build, entries)
+
+
+@router.get("/templates/{template_id}/builds/{build_id}/logs")
+async def build_logs(
+    template_id: str,
+    build_id: str,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+    cursor: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = MAX_PAGE,
+    direction: Literal["forward", "backward"] = "forward",
+    level: LogLevel | None = None,
+    # Infra keeps recent logs apart from older ones; here there is one log to read.
+    source: Literal["temporary", "persistent"] | None = None,
+) -> TemplateBuildLogsResponse:
+    entries = await templates.build_logs(
+        team,
+        template_id,
+        build_id,
+        cursor_ms=cursor,
+        limit=limit,
+        direction=direction,
+        level=level,
+    )
+    return TemplateBuildLogsResponse(logs=[BuildLogEntryOut.of(e) for e in entries])
+
+
+# --- tags ------------------------------------------------------------------------------
+
+
+@router.post("/templates/tags", status_code=201)
+async def assign_tags(
+    body: AssignTemplateTagsRequest, team: CurrentTeam, templates: TemplatesDep
+) -> AssignedTemplateTags:
+    build_id, tags = await templates.assign_tags(team, body.target, body.tags)
+    return AssignedTemplateTags(tags=tags, buildID=build_id)
+
+
+@router.delete("/templates/tags", status_code=204)
+async def remove_tags(
+    body: DeleteTemplateTagsRequest, team: CurrentTeam, templates: TemplatesDep
+) -> Response:
+    await templates.remove_tags(team, body.name, body.tags)
+    return Response(status_code=204)
+
+
+@router.get("/templates/aliases/{alias}")
+async def get_template_alias(
+    alias: str, team: CurrentTeam, templates: TemplatesDep
+) -> TemplateAlias:
+    """200 if the team may use it, 403 if it is another team's (it exists), else 404."""
+    template = await templates.alias(team, alias)
+    return TemplateAlias(templateID=template.template_id, public=template.public)
+
+
+@router.get("/templates/{template_id}/tags")
+async def list_tags(
+    template_id: str, team: CurrentTeam, templates: TemplatesDep
+) -> list[TemplateTagOut]:
+    return [TemplateTagOut.of(t) for t in await templates.tags(team, template_id)]
+
+
+# --- read ------------------------------------------------------------------------------
 
 
 @router.get("/templates")
 async def list_templates(
     team: CurrentTeam,
-    store: StoreDep,
+    templates: TemplatesDep,
     team_id: Annotated[str | None, Query(alias="teamID")] = None,
 ) -> list[TemplateOut]:
-    if team_id is not None and team_id != team.id:
-        raise ApiError(400, f"teamID {team_id!r} is not the team of this API key")
-    return [TemplateOut.of(t) for t in await store.list_templates(team.id, include_public=True)]
+    """v1: the team's and the public templates, oldest first, all at once."""
+    _check_team(team.id, team_id)
+    return [TemplateOut.of(t, latest) for t, latest in await templates.list_all(team)]
 
 
-@router.get("/templates/aliases/{alias}")
-async def get_template_alias(alias: str, team: CurrentTeam, store: StoreDep) -> TemplateAlias:
-    """200 if the team may use it, 403 if it is another team's (it exists), else 404."""
-    template = await store.get_template(team.id, alias)
-    if template is None:
-        if await store.find_template(alias) is not None:
-            raise ApiError(403, f"You don't have access to template '{alias}'")
-        raise ApiError(404, f"Template alias '{alias}' not found")
-    return TemplateAlias(templateID=template.template_id, public=template.public)
+@router.get("/v2/templates")
+async def list_templates_v2(
+    response: Response,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+    team_id: Annotated[str | None, Query(alias="teamID")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> list[TemplateOut]:
+    _check_team(team.id, team_id)
+    found = await templates.list_all(team)
+    page, token = _paginate(
+        found, lambda f: [f[0].created_at.timestamp(), f[0].template_id], limit, next_token
+    )
+    if token:
+        response.headers["X-Next-Token"] = token
+    return [TemplateOut.of(t, latest) for t, latest in page]
+
+
+@router.get("/templates/{template_id}")
+async def get_template(
+    template_id: str,
+    response: Response,
+    team: CurrentTeam,
+    templates: TemplatesDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> TemplateWithBuilds:
+    """The template with its builds, newest first, a page at a time."""
+    template, builds = await templates.get(team, template_id)
+    page, token = _paginate(
+        builds,
+        lambda b: [-b.created_at.timestamp(), b.build_id],
+        limit,
+        next_token,
+    )
+    if token:
+        response.headers["X-Next-Token"] = token
+    latest = builds[0] if builds else None
+    return TemplateWithBuilds(
+        **TemplateOut.fields_of(template, latest), builds=[TemplateBuildOut.of(b) for b in page]
+    )
+
+
+# --- change ----------------------------------------------------------------------------
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+async def delete_template(template_id: str, team: CurrentTeam, templates: TemplatesDep) -> Response:
+    await templates.delete(team, template_id)
+    return Response(status_code=204)
+
+
+@router.patch("/v2/templates/{template_id}")
+async def update_template_v2(
+    template_id: str, body: TemplateUpdateRequest, team: CurrentTeam, templates: TemplatesDep
+) -> TemplateUpdateResponse:
+    template = await templates.set_public(team, template_id, body.public)
+    return TemplateUpdateResponse(names=list(template.aliases))
+
+
+@router.patch("/templates/{template_id}")
+async def update_template(
+    template_id: str, body: TemplateUpdateRequest, team: CurrentTeam, templates: TemplatesDep
+) -> Response:
+    """Deprecated: as v2, with no body in the answer."""
+    await templates.set_public(team, template_id, body.public)
+    return Response(status_code=200)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _check_team(team_id: str, asked: str | None) -> None:
+    if asked is not None and asked != team_id:
+        raise ApiError(400, f"teamID {asked!r} is not the team of this API key")
+
+
+def _base_url(request: Request) -> str:
+    """Where the client reached this API (the upload links point there); a TLS proxy in
+    front says which scheme the client used."""
+    base = str(request.base_url)
+    scheme = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    if scheme in ("http", "https"):
+        base = scheme + base[base.index(":") :]
+    return base
+
+
+def _paginate(
+    items: Sequence[T], key: Callable[[T], list[Any]], limit: int, token: str | None
+) -> tuple[list[T], str | None]:
+    """The page after `token` of `items` (sorted ascending by `key`) and the token of the
+    next one, if any. Tokens name a position, not an item: deletions do not break them."""
+    if token:
+        try:
+            after = json.loads(base64.urlsafe_b64decode(token.encode()))
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise ApiError(400, "invalid nextToken") from None
+        if not isinstance(after, list):
+            raise ApiError(400, "invalid nextToken")
+        try:
+            items = [i for i in items if key(i) > after]
+        except TypeError:
+            raise ApiError(400, "invalid nextToken") from None
+    page = list(items[:limit])
+    if len(items) <= limit or not page:
+        return page, None
+    return page, base64.urlsafe_b64encode(json.dumps(key(page[-1])).encode()).decode()

@@ -1,0 +1,95 @@
+"""The files of a build's COPY steps: one-time upload links, and the tars they bring.
+
+The SDK asks for a link per `filesHash` and PUTs the tar to it with a plain HTTP client,
+without the API key (spec §5.1), so the link carries its own authorization: a random
+token, good for one upload within TOKEN_TTL, kept in memory by its SHA-256 so that a
+lookup by the presented token compares digests, not the secret itself. Tars are kept per
+team under `<data_dir>/template-files/<team id>/<hash>`: a team's next build that copies
+the same files finds them present and uploads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth.api._errors import ApiError
+
+TOKEN_TTL = 3600.0  # seconds: the SDK's own upload timeout is an hour
+UPLOAD_PATH = "/_hearth/uploads"
+FILES_DIR = "template-files"
+# The SDK's hashes are SHA-256 hex; anything of these characters is a safe file name.
+_HASH = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TEAM = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+@dataclass(frozen=True)
+class _Grant:
+    team_id: str
+    files_hash: str
+    expires: float  # time.monotonic()
+
+
+class Uploads:
+    def __init__(self, data_dir: Path | None) -> None:
+        self._root = data_dir / FILES_DIR if data_dir is not None else None
+        self._grants: dict[bytes, _Grant] = {}
+
+    def path(self, team_id: str, files_hash: str) -> Path:
+        """Where the team's tar of `files_hash` is (or would be) kept."""
+        if self._root is None:
+            raise ApiError(500, "this server has no data directory to keep uploaded files in")
+        if not _HASH.fullmatch(files_hash):
+            raise ApiError(400, f"Invalid files hash: {files_hash!r}")
+        if not _TEAM.fullmatch(team_id):  # ids are UUIDs; a path is never built from more
+            raise ApiError(500, "invalid team id")
+        return self._root / team_id / files_hash
+
+    def present(self, team_id: str, files_hash: str) -> bool:
+        return self.path(team_id, files_hash).is_file()
+
+    def grant(self, team_id: str, files_hash: str, base_url: str) -> str:
+        """A one-time URL under `base_url` that accepts the team's tar of `files_hash`."""
+        self.path(team_id, files_hash)  # validates before anything is promised
+        moment = time.monotonic()
+        for key in [k for k, g in self._grants.items() if g.expires <= moment]:
+            del self._grants[key]
+        token = secrets.token_urlsafe(32)
+        self._grants[_digest(token)] = _Grant(team_id, files_hash, moment + TOKEN_TTL)
+        return f"{base_url.rstrip('/')}{UPLOAD_PATH}/{token}"
+
+    async def receive(
+        self, token: str, body: AsyncIterator[bytes], content_length: int | None
+    ) -> None:
+        """Write the upload of `token` into place (whole or not at all); 404 if the token
+        is unknown, used or expired."""
+        grant = self._grants.pop(_digest(token), None)
+        if grant is None or grant.expires <= time.monotonic():
+            raise ApiError(404, "upload link not found: it was used already or has expired")
+        target = self.path(grant.team_id, grant.files_hash)
+        await asyncio.to_thread(target.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        try:
+            received = 0
+            with open(partial, "wb") as out:
+                async for chunk in body:
+                    received += len(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            if content_length is not None and received != content_length:
+                raise ApiError(400, f"received {received} bytes of {content_length}")
+            await asyncio.to_thread(os.replace, partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
