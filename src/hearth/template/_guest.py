@@ -97,13 +97,12 @@ def _has_sudo() -> bool:
 def prepare(args: dict) -> None:
     """What every sandbox root needs whatever the image: `user`, a bash for `bash -l`
     (a shim over sh where the image has none), a writable /tmp."""
-    if not os.path.exists("/bin/bash") and not os.path.islink("/bin/bash"):
-        if os.path.exists("/bin/sh"):
-            os.makedirs("/bin", exist_ok=True)
-            busybox = os.path.realpath("/bin/sh").endswith("busybox")
-            with open("/bin/bash", "w") as f:
-                f.write(BUSYBOX_BASH_SHIM if busybox else BASH_SHIM)
-            os.chmod("/bin/bash", 0o755)
+    no_bash = not os.path.exists("/bin/bash") and not os.path.islink("/bin/bash")
+    if no_bash and os.path.exists("/bin/sh"):
+        busybox = os.path.realpath("/bin/sh").endswith("busybox")
+        with open("/bin/bash", "w") as f:
+            f.write(BUSYBOX_BASH_SHIM if busybox else BASH_SHIM)
+        os.chmod("/bin/bash", 0o755)
     os.makedirs("/tmp", exist_ok=True)
     os.chmod("/tmp", 0o1777)
     ensure_user(args.get("user", "user"), sudo=True, uid=int(args.get("uid", 1000)))
