@@ -51,7 +51,9 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
         pytest.skip("envd is not there")
     from hearth.serve import ServeOptions
 
-    data = tmp_path_factory.mktemp("hearth-data")
+    # Build steps run in container sandboxes, whose ids must search every parent.
+    data = Path(tempfile.mkdtemp(prefix="hearth-data-", dir="/var/tmp"))
+    data.chmod(0o755)
     url = f"sqlite:///{data}/hearth.db"
     options = ServeOptions(
         host="127.0.0.1", port=0, data_dir=data, database_url=url, runtime="isolated"
@@ -78,6 +80,7 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
             # on the machine may run envds too; they are not this server's to account for).
             ours = _envd_processes() & _descendants(os.getpid())
             assert server.stop(), "hearth serve did not stop"
+    shutil.rmtree(data, ignore_errors=True)
     left = sorted(pid for pid in ours if _alive(pid))
     assert not left, f"sandboxes left running after the server stopped: {left}"
 

@@ -11,9 +11,11 @@ can search, as the container runtime needs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -29,6 +31,8 @@ from .conftest import Hearth, serve_containers
 pytestmark = pytest.mark.root
 
 ID = re.compile(r"[a-z0-9]{20}")
+NPM = Path(__file__).parents[1] / "sdk" / "npm"
+JS_BUILD = Path(__file__).with_name("template_build.mjs")
 
 
 @pytest.fixture(scope="module")
@@ -478,3 +482,69 @@ def test_the_newest_tag_assignment_wins() -> None:
     assert version(f"{name}:stable") == "2"
     Template.assign_tags(f"{name}:v1", "default")
     assert version(name) == "1"
+
+
+def test_npm_sdk_builds_a_template(hearth: Hearth) -> None:
+    if shutil.which("node") is None or not (NPM / "node_modules" / "e2b").is_dir():
+        pytest.skip("node or the npm e2b package is not installed (tests/sdk/npm)")
+    name = _unique("npm")
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", JS_BUILD.read_text()],
+        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
+        env={**os.environ, **hearth.env(), "HEARTH_TEMPLATE_NAME": name},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    results = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            _, key, value = line.split(" ", 2)
+            results[key] = json.loads(value)
+    assert ID.fullmatch(results["info"]["templateId"])
+    assert set(results["info"]["tags"]) == {"default", "js"}
+    assert results["uploaded"] is True and results["exists"] is True
+    assert results["tags"] == ["default", "js"]
+    assert results["stdout"] == "copied by js\nbuilt\n"
+
+
+def _wait_until_building(api: httpx.Client, template_id: str, build_id: str) -> None:
+    path = f"/templates/{template_id}/builds/{build_id}/status"
+    while (status := api.get(path).json()["status"]) == "waiting":
+        time.sleep(0.2)
+    assert status == "building"
+
+
+def test_delete_cancels_a_running_build(api: httpx.Client) -> None:
+    name = _unique("cancelled")
+    info = Template.build_in_background(Template().from_template("base").run_cmd("sleep 600"), name)
+    _wait_until_building(api, info.template_id, info.build_id)
+    assert api.delete(f"/templates/{name}").status_code == 204
+    _error(api.get(f"/templates/{info.template_id}/builds/{info.build_id}/status"), 404)
+    assert not Template.exists(name)
+
+
+def test_a_build_cut_off_by_a_stop_is_an_error(container_data_dir: Path) -> None:
+    server, info = serve_containers(container_data_dir)
+    try:
+        with httpx.Client(base_url=info.api_url, headers={"X-API-Key": info.api_key}) as api:
+            template = Template().from_template("base").run_cmd("sleep 600")
+            build = Template.build_in_background(
+                template, _unique("cut"), api_key=info.api_key, api_url=info.api_url
+            )
+            _wait_until_building(api, build.template_id, build.build_id)
+    finally:
+        assert server.stop(), "hearth serve did not stop"
+    server, again = serve_containers(container_data_dir)
+    try:
+        path = f"/templates/{build.template_id}/builds/{build.build_id}/status"
+        with httpx.Client(base_url=again.api_url, headers={"X-API-Key": info.api_key}) as api:
+            status = api.get(path, params={"logsOffset": 0}).json()
+            assert status["status"] == "error", status
+            assert status["reason"]["message"] == "the build was cancelled"
+            assert status["logEntries"][-1]["level"] == "error"
+            assert "no ready build" in _error(
+                api.post("/v2/sandboxes", json={"templateID": build.template_id}), 404
+            )
+    finally:
+        assert server.stop(), "hearth serve did not stop"

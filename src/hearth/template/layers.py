@@ -150,7 +150,12 @@ def flatten(layers: list[Path], dest: Path) -> None:
             rel = os.path.relpath(dirpath, layer)
             target_dir = dest / rel
             if rel != "." and _opaque(dirpath) and target_dir.is_dir():
+                # An opaque directory hides what the layers below had there.
                 shutil.rmtree(target_dir)
+                target_dir.mkdir()
+                shutil.copystat(dirpath, target_dir, follow_symlinks=False)
+                st = os.lstat(dirpath)
+                os.lchown(target_dir, st.st_uid, st.st_gid)
             for name in (*dirnames, *filenames):
                 source = os.path.join(dirpath, name)
                 target = target_dir / name
