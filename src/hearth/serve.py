@@ -17,14 +17,21 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
 from hearth import config
-from hearth.api import ApiSettings, TemplateBuilds, create_app, ensure_builtin, live_sandboxes
+from hearth.api import (
+    ApiSettings,
+    TemplateBuilds,
+    create_app,
+    ensure_builtin,
+    live_sandboxes,
+    start_builtin,
+)
 from hearth.node.interface import Node
 from hearth.proxy import Gateway, listen
 from hearth.store import Store
@@ -132,6 +139,16 @@ async def serve(
         )
         if ready is None:
             raise RuntimeError(f"the {DEFAULT_TEMPLATE} template could not be built (see above)")
+        # Recorded and started before the first request, so that an early create of it
+        # waits for it; built in the background.
+        interpreter = await start_builtin(
+            store,
+            builds,
+            CODE_INTERPRETER_TEMPLATE,
+            recipes[CODE_INTERPRETER_TEMPLATE],
+            settings=settings,
+            echo=_progress(CODE_INTERPRETER_TEMPLATE),
+        )
 
         public = listen(options.host, options.port)
         stack.callback(public.close)  # a no-op once its server has closed it
@@ -175,7 +192,7 @@ async def serve(
         # After the start: the code interpreter's build, and the warm pools (which only
         # speed creates up) of each template once its build is ready.
         later = asyncio.create_task(
-            _after_start(store, builds, node, recipes, settings, options.pool_sizes),
+            _after_start(store, node, interpreter, options.pool_sizes),
             name="hearth-after-start",
         )
         stack.push_async_callback(_cancel, later)
@@ -239,26 +256,17 @@ async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
 
 async def _after_start(
     store: Store,
-    builds: TemplateBuilds,
     node: Node,
-    recipes: Mapping[str, Recipe],
-    settings: ApiSettings,
+    interpreter: Awaitable[object],
     sizes: Mapping[str, int],
 ) -> None:
-    """Warm the pools of the templates that are ready (base is), then build the code
-    interpreter in the background (a failure is logged: a create of it says it has no
-    ready build) and warm its pool once it is ready."""
+    """Warm the pools of the templates that are ready (base is), then wait for the code
+    interpreter's build (a failure is logged: a create of it says it has no ready build)
+    and warm its pool once it is ready."""
     pending = {CODE_INTERPRETER_TEMPLATE}
     await _warm(node, store, {t: n for t, n in sizes.items() if t not in pending})
     try:
-        await ensure_builtin(
-            store,
-            builds,
-            CODE_INTERPRETER_TEMPLATE,
-            recipes[CODE_INTERPRETER_TEMPLATE],
-            settings=settings,
-            echo=_progress(CODE_INTERPRETER_TEMPLATE),
-        )
+        await interpreter
     except Exception as e:  # noqa: BLE001 - the server serves on without it
         log.error("building the %s template failed: %s", CODE_INTERPRETER_TEMPLATE, e)
     await _warm(node, store, {t: n for t, n in sizes.items() if t in pending})

@@ -3,7 +3,7 @@
 from hearth.api._app import create_app, live_sandboxes
 from hearth.api._builds import TemplateBuilds
 from hearth.api._settings import ENVD_VERSION, ApiSettings
-from hearth.api._templates import ensure_builtin
+from hearth.api._templates import ensure_builtin, start_builtin
 
 __all__ = [
     "ENVD_VERSION",
@@ -11,5 +11,6 @@ __all__ = [
     "TemplateBuilds",
     "create_app",
     "ensure_builtin",
+    "start_builtin",
     "live_sandboxes",
 ]

@@ -40,10 +40,10 @@ def create_app(
     """
     settings = settings or ApiSettings()
     live = LiveSandboxes(node)
-    service = Sandboxes(store, node, settings, live)
     own_builds = builds is None
     if builds is None:
         builds = TemplateBuilds(store, node, concurrency=settings.build_concurrency)
+    service = Sandboxes(store, node, settings, live, builds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -71,6 +71,12 @@ class TemplateBuilds:
     def running(self, build_id: str) -> bool:
         return build_id in self._tasks
 
+    async def wait(self, build_id: str) -> None:
+        """Until the build running here ends, however it ends (at once if none is)."""
+        task = self._tasks.get(build_id)
+        if task is not None:
+            await asyncio.wait({task})
+
     @contextlib.asynccontextmanager
     async def held(self, template_id: str) -> AsyncIterator[None]:
         """Cancel the template's builds, wait for them to end, and start none until the

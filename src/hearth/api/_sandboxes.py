@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from hearth.api._builds import TemplateBuilds
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import new_id
@@ -68,9 +69,15 @@ class CreateRequest:
 
 class Sandboxes:
     def __init__(
-        self, store: Store, node: Node, settings: ApiSettings, live: LiveSandboxes
+        self,
+        store: Store,
+        node: Node,
+        settings: ApiSettings,
+        live: LiveSandboxes,
+        builds: TemplateBuilds | None = None,
     ) -> None:
         self._store = store
+        self._builds = builds  # a create of a built-in waits for its first build
         self._node = node
         self._settings = settings
         self._live = live
@@ -123,7 +130,9 @@ class Sandboxes:
                 " secure envd access via 'secure' flag.",
             )
         # The ready build the template's tag names, its resources the sandbox's.
-        template, build, alias = await ready_build(self._store, team, request.template)
+        template, build, alias = await ready_build(
+            self._store, team, request.template, self._builds
+        )
         assert build.artifact is not None  # ready_build returns only builds that have one
         async with self._reserve(team.id):
             sandbox_id = new_id()

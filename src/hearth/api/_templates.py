@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -355,14 +355,22 @@ class Templates:
         return template
 
 
-async def ready_build(store: Store, team: Team, ref: str) -> tuple[Template, Build, str | None]:
+async def ready_build(
+    store: Store, team: Team, ref: str, builds: TemplateBuilds | None = None
+) -> tuple[Template, Build, str | None]:
     """What a sandbox of `ref` (an id or name, optionally `:tag`) starts from: the ready
-    build its tag names; and the alias to report. 404 otherwise, saying why."""
+    build its tag names; and the alias to report. 404 otherwise, saying why. A built-in
+    template whose first build is running in `builds` (at a server's first start) is
+    waited for: its creates must not fail because they came early."""
     name = parse_name(ref, what="template")
     template = await _visible(store, team.id, name)
     if template is None:
         raise ApiError(404, f"template '{ref}' not found")
     build = await store.tagged_build(template.template_id, name.tag_or_default)
+    if build is None and template.team_id is None and builds is not None:
+        for running in await store.list_builds(template.template_id):
+            await builds.wait(running.build_id)
+        build = await store.tagged_build(template.template_id, name.tag_or_default)
     if build is None or build.artifact is None:
         if name.tag is not None and await store.get_tag(template.template_id, name.tag) is None:
             raise ApiError(404, f"tag '{name.tag}' of template '{name.alias}' not found")
@@ -386,6 +394,22 @@ async def ensure_builtin(
     its ready default build was made from this very recipe (and parent build). Returns
     the ready build its `default` tag names afterwards: a failed rebuild leaves the one
     before it in place. None if there is none."""
+    finished = await start_builtin(store, builds, name, recipe, settings=settings, echo=echo)
+    return await finished
+
+
+async def start_builtin(
+    store: Store,
+    builds: TemplateBuilds,
+    name: str,
+    recipe: Recipe,
+    *,
+    settings: ApiSettings,
+    echo: Echo | None = None,
+) -> Awaitable[Build | None]:
+    """`ensure_builtin` in two halves: returns once the template and its build (if one
+    is needed) are recorded and the build runs, so that creates of it wait for it
+    (`ready_build`); await the result for what `ensure_builtin` returns."""
     template = await store.find_template(name)
     if template is None:
         template = await store.upsert_template(
@@ -404,7 +428,7 @@ async def ensure_builtin(
     recorded = _recorded(recipe, parent)
     current = await store.tagged_build(name)
     if current is not None and _same(current.recipe, recorded):
-        return current
+        return _done(current)
     build = await store.create_build(
         name,
         build_id=str(uuid.uuid4()),
@@ -421,11 +445,20 @@ async def ensure_builtin(
         recipe=recipe,
         parent=_artifact(parent),
     )
-    finished = await builds.start(request, recipe=recorded, echo=echo)
-    if finished is None or finished.status != "ready":
-        reason = (finished.reason or {}).get("message") if finished else "not recorded"
-        log.error("building the %s template failed: %s", name, reason)
-    return await store.tagged_build(name)
+    running = builds.start(request, recipe=recorded, echo=echo)
+
+    async def finish() -> Build | None:
+        finished = await running
+        if finished is None or finished.status != "ready":
+            reason = (finished.reason or {}).get("message") if finished else "not recorded"
+            log.error("building the %s template failed: %s", name, reason)
+        return await store.tagged_build(name)
+
+    return finish()
+
+
+async def _done(build: Build) -> Build:
+    return build
 
 
 async def _visible(store: Store, team_id: str | None, name: Name) -> Template | None:
