@@ -27,11 +27,10 @@ from hearth.config import settings
 from hearth.node.disk.cache import STAMP_NAME, ensure_dir, progress, read_stamp
 from hearth.node.disk.rootfs import static_busybox
 from hearth.node.guest.envd_bundle import envd_command
+from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
 
 # Bump when the image's layout or the init below change.
 RECIPE_VERSION = 1
-ENVD_TARGET = "/opt/hearth/envd"
-ENVD_PORT = 49983
 INIT_PATH = "opt/hearth/init"
 BUSYBOX_PATH = "opt/hearth/bin/busybox"
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

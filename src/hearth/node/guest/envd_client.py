@@ -40,9 +40,11 @@ class Finished:
     output: str  # stdout and stderr as they came, the tail of it
 
 
-def client(timeout: float = 10.0) -> httpx.AsyncClient:
+def client(timeout: float = 10.0, read: float | None = None) -> httpx.AsyncClient:
+    """No read timeout by default: a process stream is read for as long as the process
+    runs."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, read=None), trust_env=False, verify=False
+        timeout=httpx.Timeout(timeout, connect=2.0, read=read), trust_env=False, verify=False
     )
 
 
@@ -51,6 +53,7 @@ async def wait_healthy(
     *,
     timeout: float,
     dead: Callable[[], str | None] = lambda: None,
+    interval: float = HEALTH_POLL,
 ) -> None:
     """Return once GET `url`/health answers 204. `dead()` says why the sandbox can no
     longer answer (its process exited), which ends the wait at once."""
@@ -73,7 +76,7 @@ async def wait_healthy(
                     f"envd did not answer GET {url}/health with 204 within {timeout:.0f} s"
                     f" (last: {last})"
                 )
-            await asyncio.sleep(HEALTH_POLL)
+            await asyncio.sleep(interval)
 
 
 def init_body(spec: SandboxSpec) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def init_body(spec: SandboxSpec) -> dict[str, Any]:
             "E2B_TEMPLATE_ID": spec.template_id,
         },
         "defaultUser": artifact.user if artifact else DEFAULT_USER,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": now(),
     }
     if artifact is not None:
         body["defaultWorkdir"] = artifact.workdir
@@ -98,30 +101,19 @@ def init_body(spec: SandboxSpec) -> dict[str, Any]:
     return body
 
 
-async def init(
-    url: str,
-    *,
-    env: dict[str, str],
-    access_token: str | None = None,
-    user: str | None = None,
-    workdir: str | None = None,
-) -> None:
-    """POST /init: the sandbox's env vars, access token, default user and workdir, and the
-    host's clock (at create, at a claim and after every resume)."""
-    body: dict[str, Any] = {
-        "envVars": env,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    if user:
-        body["defaultUser"] = user
-    if workdir:
-        body["defaultWorkdir"] = workdir
+def now() -> str:
+    """The host's clock as /init takes it."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def init(url: str, body: dict[str, Any], *, timeout: float = 10.0) -> None:
+    """POST /init with `body` (see `init_body`): at create, at a claim, after every
+    resume, and in build sandboxes."""
     headers = {}
-    if access_token:
-        body["accessToken"] = access_token
+    if body.get("accessToken"):
         # After a resume envd already holds the token and takes /init only with it.
-        headers["X-Access-Token"] = access_token
-    async with client() as http:
+        headers["X-Access-Token"] = body["accessToken"]
+    async with client(timeout, read=timeout) as http:
         r = await http.post(f"{url}/init", json=body, headers=headers)
     if r.status_code != 204:
         raise EnvdError(f"envd refused /init: {r.status_code} {r.text[:500]}")

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import IO, Self
 
 from hearth.node.guest.envd_bundle import ensure_bundle, envd_command, envd_environment
+from hearth.node.guest.envd_client import ENVD_TARGET
 
-BUNDLE_TARGET = "/opt/hearth/envd"
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAUNCHER = Path(__file__).with_name("_launcher.py")
 # Enough ids for the root's system users, `user` (1000) and what users add.
@@ -136,10 +136,9 @@ class IsolatedEnvd:
     def _layers(self) -> list[Path]:
         if not isinstance(self.root, str):
             return list(self.root)
-        from hearth.config import settings
         from hearth.template.layers import LayerStore, root_layer
 
-        store = LayerStore((self._cache_dir or settings().cache_dir) / "layers")
+        store = LayerStore.of_cache(self._cache_dir)
         return [store.path(root_layer(store, self.root))]
 
     def _start(self) -> None:
@@ -172,9 +171,9 @@ class IsolatedEnvd:
             "work": str(tmp / "work"),
             "merged": str(tmp / "root"),
             "bundle": str(bundle),
-            "bundle_target": BUNDLE_TARGET,
+            "bundle_target": ENVD_TARGET,
             "argv": self._argv(),
-            "env": {**envd_environment(BUNDLE_TARGET), "PATH": ENVD_PATH},
+            "env": {**envd_environment(ENVD_TARGET), "PATH": ENVD_PATH},
         }
         try:
             launcher = subprocess.Popen(
@@ -210,7 +209,7 @@ class IsolatedEnvd:
         self._wait_healthy(launcher)
 
     def _argv(self) -> list[str]:
-        return envd_command(BUNDLE_TARGET, "127.0.0.1", self._port)
+        return envd_command(ENVD_TARGET, "127.0.0.1", self._port)
 
     def _wait_healthy(self, launcher: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self._start_timeout

@@ -52,10 +52,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
-
+from hearth.node.guest import envd_client
 from hearth.node.guest.envd_bundle import envd_command, envd_environment
-from hearth.node.guest.envd_client import init_body
+from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
@@ -64,7 +63,6 @@ from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 
 log = logging.getLogger(__name__)
 
-from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET  # noqa: E402
 
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAUNCHER = Path(__file__).with_name("_launcher.py")
@@ -530,30 +528,16 @@ class ContainerRuntime:
         return _Container(self.oci, record.sandbox_id, directory, monitor=monitor)
 
     async def _wait_healthy(self, address: str, container: _Container, directory: Path) -> None:
-        url = f"http://{address}:{ENVD_PORT}/health"
-        deadline = time.monotonic() + self.start_timeout
-        last = "no answer"
-        async with envd_client() as client:
-            while True:
-                code = container.poll()
-                if code is not None:
-                    raise ContainerError(
-                        f"the sandbox's container exited ({code}) before envd answered"
-                        f"{_log_tail(directory)}"
-                    )
-                try:
-                    status = (await client.get(url)).status_code
-                    if status == 204:
-                        return
-                    last = f"status {status}"
-                except httpx.HTTPError as e:
-                    last = str(e) or type(e).__name__
-                if time.monotonic() > deadline:
-                    raise ContainerError(
-                        f"envd did not answer GET {url} with 204 within "
-                        f"{self.start_timeout:.0f} s (last: {last}){_log_tail(directory)}"
-                    )
-                await asyncio.sleep(0.005)
+        def dead() -> str | None:
+            code = container.poll()
+            return None if code is None else f"the sandbox's container exited ({code})"
+
+        try:
+            await envd_client.wait_healthy(
+                f"http://{address}:{ENVD_PORT}", timeout=self.start_timeout, dead=dead
+            )
+        except envd_client.EnvdError as e:
+            raise ContainerError(f"{e}{_log_tail(directory)}") from None
 
     def _dns(self) -> list[str]:
         if self.dns_servers is not None:
@@ -649,7 +633,7 @@ class ContainerRuntime:
                 await asyncio.to_thread(self.oci.pause, record.sandbox_id)
                 container.frozen = True
             if not container.frozen:
-                async with envd_client() as client:
+                async with envd_client.client() as client:
                     r = await client.get(f"http://{slot.address}:{ENVD_PORT}/health")
                     if r.status_code != 204:
                         raise ContainerError(f"envd answers /health with {r.status_code}")
@@ -915,15 +899,6 @@ class _Releaser:
         )
 
 
-def envd_client() -> httpx.AsyncClient:
-    """An HTTP client for envd: plain HTTP to an address of the node's own, so no TLS
-    context (loading the CA bundle costs tens of milliseconds per client) and no proxy
-    from the environment."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=2.0), verify=False, trust_env=False
-    )
-
-
 def _kill_and_wait(pidfd: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -967,12 +942,4 @@ def _log_tail(directory: Path) -> str:
 
 async def init_envd(base_url: str, spec: SandboxSpec) -> None:
     """POST envd's /init (at create, at a claim and after every resume)."""
-    body = init_body(spec)
-    headers = {}
-    if spec.envd_access_token:
-        # After a resume envd already holds the token and takes /init only with it.
-        headers["X-Access-Token"] = spec.envd_access_token
-    async with envd_client() as client:
-        r = await client.post(f"{base_url}/init", json=body, headers=headers)
-    if r.status_code != 204:
-        raise ContainerError(f"envd refused /init: {r.status_code} {r.text[:500]}")
+    await envd_client.init(base_url, envd_client.init_body(spec))

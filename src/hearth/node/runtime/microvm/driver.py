@@ -36,8 +36,9 @@ from pathlib import Path
 import httpx
 
 from hearth.node.disk.image import ensure_image
+from hearth.node.guest import envd_client
 from hearth.node.guest.envd_bundle import ensure_bundle
-from hearth.node.guest.envd_client import init_body
+from hearth.node.guest.envd_client import ENVD_PORT, init_body
 from hearth.node.guest.kernel import CANARY_MARKER, GuestKernel, ensure_kernel
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
@@ -58,8 +59,6 @@ from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
-ENVD_PORT = 49983
-DEFAULT_USER = "user"
 RECORD = "record.json"
 OVERLAY = "overlay.qcow2"
 MEMORY_STATE = "memory.state"
@@ -728,21 +727,13 @@ def host_dns() -> list[str]:
 
 
 async def init_envd(base_url: str, spec: SandboxSpec, timeout: float) -> None:
-    """POST envd's /init: environment, token, user, clock and host entropy. Sent with the
-    token too: after a resume, envd already has it and answers no one else."""
-    body: dict[str, object] = {
+    """POST envd's /init with the host's entropy too (a restored guest's pool is its
+    snapshot's)."""
+    body = {
         **init_body(spec),
         "entropy": base64.b64encode(os.urandom(ENTROPY_BYTES)).decode(),
     }
-    headers = {}
-    if spec.envd_access_token:
-        headers["X-Access-Token"] = spec.envd_access_token
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=2.0), trust_env=False
-    ) as client:
-        r = await client.post(f"{base_url}/init", json=body, headers=headers)
-    if r.status_code != 204:
-        raise MicroVMError(f"envd refused /init: {r.status_code} {r.text[:500]}")
+    await envd_client.init(base_url, body, timeout=timeout)
 
 
 async def _sync_guest(address: SandboxAddress, token: str | None) -> None:

@@ -34,6 +34,8 @@ from pathlib import Path
 import httpx
 
 from hearth.node.disk.cache import STAMP_NAME, locked, progress, read_stamp
+from hearth.node.guest import envd_client
+from hearth.node.guest.envd_client import ENVD_PORT
 from hearth.node.network import NetworkPool
 from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm import guestnet
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 2
 SHM_DIR = Path("/dev/shm/hearth")
-ENVD_PORT = 49983
 
 
 @dataclass(frozen=True)
@@ -176,25 +177,15 @@ async def _take(s: Snapshot, image: Path, pool: NetworkPool, boot_timeout: float
 
 async def wait_envd(vmm: Vmm, address: str, timeout: float) -> None:
     """Until envd answers /health through the slot; a QEMU that exits fails at once."""
-    url = f"http://{address}:{ENVD_PORT}/health"
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    async with _client() as client:
-        while True:
-            if not vmm.alive():
-                raise VmmError(f"the VM exited before envd answered{vmm.log_tail()}")
-            try:
-                status = (await client.get(url, timeout=2)).status_code
-                if status == 204:
-                    return
-                last = f"status {status}"
-            except httpx.HTTPError as e:
-                last = str(e) or type(e).__name__
-            if time.monotonic() > deadline:
-                raise VmmError(
-                    f"envd did not answer {url} within {timeout:.0f} s ({last}){vmm.log_tail()}"
-                )
-            await asyncio.sleep(0.01)
+    try:
+        await envd_client.wait_healthy(
+            f"http://{address}:{ENVD_PORT}",
+            timeout=timeout,
+            dead=lambda: None if vmm.alive() else "the VM exited",
+            interval=0.01,
+        )
+    except envd_client.EnvdError as e:
+        raise VmmError(f"{e}{vmm.log_tail()}") from None
 
 
 async def warm_envd(address: str) -> None:
