@@ -224,11 +224,10 @@ def _build_builtin(args: argparse.Namespace) -> int:
 def _builtin_layers(name: str) -> list[Path]:
     """Build (or find cached) the built-in template `name` here, with progress on stderr:
     its layer directories (bottom first)."""
-    import asyncio
     import time
 
-    from hearth.config import settings
-    from hearth.node.local import LocalNode
+    from hearth.node.local import build_builtin
+    from hearth.template.layers import LayerStore
 
     started = time.monotonic()
 
@@ -238,15 +237,7 @@ def _builtin_layers(name: str) -> list[Path]:
             elapsed = time.monotonic() - started
             print(f"{elapsed:6.1f}s {label}{message}", file=sys.stderr, flush=True)
 
-    async def build() -> list[Path]:
-        # The isolated runtime adopts nothing: a `hearth serve` running on this data
-        # directory keeps its sandboxes (a container node here would adopt them, then
-        # stop them on leaving). Build steps run in containers all the same.
-        async with LocalNode(settings().data_dir / "node", runtime="isolated") as node:
-            artifact = await node.builtin(name, log)
-            return node.layers.paths(artifact.layers)
-
-    return asyncio.run(build())
+    return LayerStore.of_cache().paths(build_builtin(name, log).layers)
 
 
 def _build_dockerfile(args: argparse.Namespace) -> int:
@@ -454,7 +445,6 @@ def _template_layers(name: str, team_name: str) -> list[Path] | int:
         except BuildFailed as e:
             return _error(f"building {name} failed: {e}", 1)
 
-    from hearth.config import settings
     from hearth.template.artifact import Artifact
     from hearth.template.layers import LayerStore
 
@@ -474,7 +464,7 @@ def _template_layers(name: str, team_name: str) -> list[Path] | int:
     code = _in_team(team_name, find)
     if code:
         return code
-    layers = LayerStore(settings().cache_dir / "layers")
+    layers = LayerStore.of_cache()
     if missing := layers.missing(artifacts[0].layers):
         return _error(
             f"the layers of {name} ({', '.join(missing)}) are not on this machine: build it again",

@@ -9,6 +9,7 @@ data directory and SQLite. Sandboxes come from the node's isolated runtime (`hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -130,16 +131,45 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def other_team_key(hearth: Hearth) -> str:
-    """An API key of a second team, made in the server's database."""
+    return team_key(hearth, "other")
+
+
+def team_key(hearth: Hearth, team_name: str) -> str:
+    """An API key of a new team `team_name`, made in the server's database."""
     from hearth import store
 
     async def make() -> str:
         async with await store.open(hearth.database_url) as opened:
-            team = await opened.create_team("other")
+            team = await opened.create_team(team_name)
             key, _ = await opened.create_api_key(team.id, "tests")
             return key
 
     return asyncio.run(make())
+
+
+@contextlib.contextmanager
+def served_containers(prefix: str) -> Iterator[Hearth]:
+    """A container-runtime `hearth serve` on a fresh searchable data directory, the SDK's
+    variables pointing at it; every sandbox left is killed before the server stops
+    (container sandboxes outlive it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: container sandboxes")
+    data = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    data.chmod(0o755)  # the runtime's unprivileged ids search every parent
+    server, info = serve_containers(data)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in info.env().items():
+                patch.setenv(name, value)
+            patch.delenv("E2B_DEBUG", raising=False)
+            yield info
+            from e2b import Sandbox
+
+            for sandbox in Sandbox.list(limit=100).next_items():
+                Sandbox.kill(sandbox.sandbox_id)
+    finally:
+        assert server.stop(), "hearth serve did not stop"
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

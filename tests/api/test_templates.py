@@ -10,13 +10,11 @@ can search, as the container runtime needs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ import httpx
 import pytest
 from e2b import BuildException, Sandbox, SandboxException, Template
 
-from .conftest import Hearth, serve_containers
+from .conftest import Hearth, serve_containers, served_containers, team_key
 
 pytestmark = pytest.mark.root
 
@@ -37,37 +35,13 @@ JS_BUILD = Path(__file__).with_name("template_build.mjs")
 
 @pytest.fixture(scope="module")
 def hearth() -> Iterator[Hearth]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: container sandboxes")
-    data = Path(tempfile.mkdtemp(prefix="hearth-templates-", dir="/var/tmp"))
-    data.chmod(0o755)  # the runtime's unprivileged ids search every parent
-    server, info = serve_containers(data)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in info.env().items():
-                patch.setenv(name, value)
-            patch.delenv("E2B_DEBUG", raising=False)
-            yield info
-            # Container sandboxes outlive the server: none of these may.
-            for sandbox in Sandbox.list(limit=100).next_items():
-                Sandbox.kill(sandbox.sandbox_id)
-    finally:
-        assert server.stop(), "hearth serve did not stop"
-        shutil.rmtree(data, ignore_errors=True)
+    with served_containers("hearth-templates-") as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
 def other_key(hearth: Hearth) -> str:
-    """An API key of a second team, made in the server's database."""
-    from hearth import store
-
-    async def make() -> str:
-        async with await store.open(hearth.database_url) as opened:
-            team = await opened.create_team("others")
-            key, _ = await opened.create_api_key(team.id, "tests")
-            return key
-
-    return asyncio.run(make())
+    return team_key(hearth, "others")
 
 
 @pytest.fixture

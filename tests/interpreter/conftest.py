@@ -10,39 +10,15 @@ leaves is killed before the server stops.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from api.conftest import Hearth, serve_containers
+from api.conftest import Hearth, served_containers
 
 TEMPLATE = "code-interpreter-v1"
 
 
 @pytest.fixture(scope="session")
 def hearth() -> Iterator[Hearth]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: container sandboxes")
-    data = Path(tempfile.mkdtemp(prefix="hearth-interpreter-", dir="/var/tmp"))
-    data.chmod(0o755)  # the runtime's unprivileged ids search every parent
-    server, info = serve_containers(data)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in info.env().items():
-                patch.setenv(name, value)
-            patch.delenv("E2B_DEBUG", raising=False)
-            yield info
-            _kill_all(info)
-    finally:
-        assert server.stop(), "hearth serve did not stop"
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def _kill_all(info: Hearth) -> None:
-    from e2b import Sandbox
-
-    for sandbox in Sandbox.list(limit=100).next_items():
-        Sandbox.kill(sandbox.sandbox_id)
+    with served_containers("hearth-interpreter-") as info:
+        yield info

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import settings
 from hearth.template.layers import LayerStore, root_layer
 from template.registry import Registry, auth_available, push_directory
 
@@ -41,7 +40,7 @@ class Pushed:
 def built_root(kind: str) -> Path:
     """The built-in root `kind` ("busybox" or "debian") from the node's layer cache, built
     on first use (debian: debootstrap, a minute or two). Shared: read it, never write it."""
-    store = LayerStore(settings().cache_dir / "layers")
+    store = LayerStore.of_cache()
     return store.path(root_layer(store, kind))
 
 

@@ -47,7 +47,6 @@ from hearth.template.layers import LayerStore
 log = logging.getLogger(__name__)
 
 RuntimeKind = Literal["container", "isolated", "microvm"]
-ENVD_PORT = envd_client.ENVD_PORT
 ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
 
 
@@ -135,7 +134,7 @@ class LocalNode:
         )
         self.kind = runtime
         self._cache_dir = cache_dir
-        self.layers = LayerStore((cache_dir or settings().cache_dir) / "layers")
+        self.layers = LayerStore.of_cache(cache_dir)
         self._registry_mirror = registry_mirror
         self._builder: Builder | None = None
         self._build_driver: _ContainerDriver | None = None  # builds run in containers
@@ -223,7 +222,7 @@ class LocalNode:
             assert spec.artifact is not None
             sandbox = await self._pool.take(spec.artifact.key, spec) if self._pool else None
             if sandbox is None:
-                layers = await self._layer_paths(spec.artifact)
+                layers = self._layer_paths(spec.artifact)
                 sandbox = await self.runtime.start(spec, layers)
                 await self._start_template(sandbox, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
@@ -238,7 +237,7 @@ class LocalNode:
             return await self.builtin(spec.template_id)
         raise UnknownTemplate(f"template {spec.template_id!r} not found")
 
-    async def _layer_paths(self, artifact: Artifact) -> list[Path]:
+    def _layer_paths(self, artifact: Artifact) -> list[Path]:
         missing = self.layers.missing(artifact.layers)
         if missing:
             raise UnknownTemplate(
@@ -256,7 +255,7 @@ class LocalNode:
         address = sandbox.address
         try:
             await wait_started(
-                f"http://{address.host}:{address.port(ENVD_PORT)}",
+                f"http://{address.host}:{address.port(envd_client.ENVD_PORT)}",
                 artifact,
                 access_token=spec.envd_access_token,
                 wait_default=False,
@@ -363,7 +362,7 @@ class LocalNode:
     async def _warm_runtime(self, artifact: Artifact, cpu_count: int, memory_mb: int) -> None:
         assert self.runtime is not None
         try:
-            layers = await self._layer_paths(artifact)
+            layers = self._layer_paths(artifact)
             await self.runtime.warm(artifact, layers, cpu_count, memory_mb)
         except Exception as e:  # noqa: BLE001 - a create builds it again and reports it
             log.warning("could not prepare sandboxes of %s ahead: %s", artifact.key, e)
@@ -389,7 +388,7 @@ class LocalNode:
         assert isinstance(self.runtime, _ContainerDriver)
         artifact = self._pool_artifacts[kind]
         spec = replace(spec, artifact=artifact)
-        sandbox = await self.runtime.start_pooled(spec, await self._layer_paths(artifact))
+        sandbox = await self.runtime.start_pooled(spec, self._layer_paths(artifact))
         await self._start_template(sandbox, spec)  # stops the sandbox if it fails
         return sandbox
 
@@ -399,7 +398,7 @@ class LocalNode:
         if artifact.start_cmd and artifact.ready_cmd and artifact.ready_explicit:
             address = sandbox.address
             check = await envd_client.run(
-                f"http://{address.host}:{address.port(ENVD_PORT)}",
+                f"http://{address.host}:{address.port(envd_client.ENVD_PORT)}",
                 envd_client.shell(artifact.ready_cmd),
                 user=artifact.user,
             )
@@ -445,7 +444,7 @@ class LocalNode:
                 # A cold boot starts the template's services again, as a create does.
                 address = sandbox.address
                 await wait_started(
-                    f"http://{address.host}:{address.port(ENVD_PORT)}",
+                    f"http://{address.host}:{address.port(envd_client.ENVD_PORT)}",
                     artifact,
                     access_token=spec.envd_access_token,
                     wait_default=False,
@@ -551,7 +550,7 @@ class _BuildSandbox:
 
     @property
     def url(self) -> str:
-        return f"http://{self._sandbox.address.host}:{ENVD_PORT}"
+        return f"http://{self._sandbox.address.host}:{envd_client.ENVD_PORT}"
 
     async def commit(self, dest: Path) -> None:
         await self._sandbox.commit(dest)
@@ -651,7 +650,7 @@ class _IsolatedSandbox:
 
     @property
     def address(self) -> SandboxAddress:
-        return SandboxAddress("127.0.0.1", {ENVD_PORT: self._envd.port})
+        return SandboxAddress("127.0.0.1", {envd_client.ENVD_PORT: self._envd.port})
 
     async def stop(self) -> None:
         async with self._lock:
@@ -771,12 +770,13 @@ def _default_reserve_mb() -> int:
 
 def build_builtin(name: str, log: BuildLog | None = None) -> Artifact:
     """Build (or find cached) the built-in template `name` in a node of its own, with
-    progress on the console: for commands and benchmarks that run before a server. Its
-    own state directory: a node's start adopts, and its close stops, every sandbox of
-    its directory, which must never be a running server's."""
+    progress on the console: for commands and benchmarks that run before a server."""
 
     async def build() -> Artifact:
-        async with LocalNode(settings().data_dir / "builder", runtime="container") as node:
+        # The isolated runtime adopts nothing: a `hearth serve` running on this data
+        # directory keeps its sandboxes (a container node here would adopt them, then
+        # stop them on leaving). Build steps run in containers all the same.
+        async with LocalNode(settings().data_dir / "node", runtime="isolated") as node:
             return await node.builtin(name, log)
 
     return asyncio.run(build())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import posixpath
 import re
@@ -40,6 +41,7 @@ from hearth.template.layers import (
     strip_sandbox_files,
 )
 from hearth.template.recipe import (
+    DEFAULT_READY_AFTER_START,
     DEFAULT_USER,
     DEFAULT_WORKDIR,
     E2B_BASE_IMAGE,
@@ -136,7 +138,8 @@ class Builder:
             workdir=state.workdir,
             env=state.env,
             start_cmd=state.start_cmd,
-            ready_cmd=state.ready_cmd or _default_ready(state.start_cmd),
+            # E2B's default: `sleep 20` after a start command alone, else none.
+            ready_cmd=state.ready_cmd or (DEFAULT_READY_AFTER_START if state.start_cmd else None),
             ready_explicit=bool(state.ready_cmd),
         )
         if artifact.start_cmd or artifact.ready_cmd:
@@ -349,7 +352,7 @@ class Builder:
             "-I",
             "-S",
             "-c",
-            GUEST_SCRIPT.read_text(),
+            _guest_source(),
             op,
             json.dumps(args),
         ]
@@ -373,7 +376,7 @@ class Builder:
             self.layers.paths(state.layers), recipe.cpu_count, recipe.memory_mb
         )
         try:
-            await envd_client.init(sandbox.url, env=state.env, user="root", workdir="/")
+            await envd_client.init(sandbox.url, _init_body(state.env, "root", "/"))
             await work(sandbox)
             await sandbox.commit(staging)
         except BaseException:
@@ -397,7 +400,7 @@ class Builder:
         )
         try:
             await envd_client.init(
-                sandbox.url, env=artifact.env, user=artifact.user, workdir=artifact.workdir
+                sandbox.url, _init_body(artifact.env, artifact.user, artifact.workdir)
             )
             try:
                 await wait_started(
@@ -411,6 +414,11 @@ class Builder:
             log("info", "The template is ready", "finalize")
         finally:
             await sandbox.stop()
+
+
+@functools.cache
+def _guest_source() -> str:
+    return GUEST_SCRIPT.read_text()
 
 
 class StartFailed(RuntimeError):
@@ -486,10 +494,14 @@ async def wait_started(
 _PATH_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
-def _default_ready(start_cmd: str | None) -> str | None:
-    from hearth.template.recipe import DEFAULT_READY_AFTER_START
-
-    return DEFAULT_READY_AFTER_START if start_cmd else None
+def _init_body(env: dict[str, str], user: str, workdir: str) -> dict:
+    """/init of a build sandbox: the build's env, who and where commands run."""
+    return {
+        "envVars": env,
+        "defaultUser": user,
+        "defaultWorkdir": workdir,
+        "timestamp": envd_client.now(),
+    }
 
 
 def _inherit(parent: Artifact) -> _State:

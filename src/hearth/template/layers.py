@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def layer_key(*parts: object) -> str:
 class LayerStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @classmethod
+    def of_cache(cls, cache_dir: Path | None = None) -> LayerStore:
+        """The layer store in `cache_dir` (default: Hearth's cache directory)."""
+        from hearth.config import settings
+
+        return cls((cache_dir or settings().cache_dir) / "layers")
 
     def path(self, key: str) -> Path:
         """The files of layer `key` (which must exist: see `has`)."""
@@ -91,9 +99,10 @@ class LayerStore:
         for key in keys:
             entry = self.root / key
             if LAYER_KEY.fullmatch(key) and entry.is_dir():
-                gone = self.root / f".{key}.old-removed"
-                shutil.rmtree(gone, ignore_errors=True)
-                entry.rename(gone)
+                # Named as `cache.ensure_dir` names what it replaces, so that either
+                # deletes it once unmounted.
+                gone = Path(tempfile.mkdtemp(prefix=f".{key}.old-", dir=self.root))
+                entry.rename(gone / key)
                 doomed.append(gone)
         remove_unmounted(doomed)
 

@@ -103,13 +103,6 @@ class Recipe:
     # interpreter server); users' files come as uploaded tars named by filesHash.
     host_files: dict[str, str] = field(default_factory=dict)
 
-    def effective_ready_cmd(self) -> str | None:
-        """The ready command as E2B runs it: its own, else `sleep 20` after a start
-        command, else none."""
-        if self.ready_cmd:
-            return self.ready_cmd
-        return DEFAULT_READY_AFTER_START if self.start_cmd else None
-
     def to_json(self) -> dict[str, Any]:
         """The recipe as stored with its build (registry credentials left out)."""
         base = {k: v for k, v in asdict(self.base).items() if v is not None and k != "registry"}
