@@ -12,8 +12,8 @@ found there as it would be at a Docker Hub mirror. Then, with the SDK's `Templat
 1. a first build of `from_image("ubuntu:22.04") + apt_install + pip_install`;
 2. rebuilds of the same template with every step cached (aim: <= 2 s);
 3. rebuilds with the last step changed (another pip package each time);
-4. create -> first command output from the new template (cold: user templates have no
-   warm pool yet) beside `base` pooled and cold (aim: the same as base).
+4. create -> first command output from the new template, pooled (HEARTH_POOL_SIZE names
+   it) and cold, beside `base` pooled and cold (aim: the same as base).
 
 Needs root. Every loop is bounded, all traffic but the build steps' package downloads
 (Debian's archive and PyPI) stays on 127.0.0.1, every sandbox is killed, and no number
@@ -57,12 +57,13 @@ def template(pip_package: str):
     )
 
 
-def build(pip_package: str) -> float:
+def build(pip_package: str) -> tuple[float, str]:
+    """Seconds the build took, and the template's id."""
     from e2b import Template
 
     started = time.perf_counter()
-    Template.build(template(pip_package), NAME, cpu_count=2, memory_mb=1024)
-    return time.perf_counter() - started
+    info = Template.build(template(pip_package), NAME, cpu_count=2, memory_mb=1024)
+    return time.perf_counter() - started, info.template_id
 
 
 def create_to_output(
@@ -95,10 +96,10 @@ def row(what: str, samples: list[float], unit: str, aim: str = "") -> list[str]:
     ]
 
 
-def filled(pooled: Callable[[], dict[str, int]], size: int) -> None:
-    """Until the base pool holds `size` members again (bounded: 60 s)."""
+def filled(pooled: Callable[[], dict[str, int]], template_id: str, size: int) -> None:
+    """Until the template's pool holds `size` members again (bounded: 60 s)."""
     for _ in range(600):
-        if pooled().get("base", 0) >= size:
+        if pooled().get(template_id, 0) >= size:
             return
         time.sleep(0.1)
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=0,
                 data_dir=data_dir,
                 runtime="container",
-                pool_sizes={"base": 2},
+                pool_sizes={"base": 2, NAME: 2},
             )
             server = ServerThread(options)
             running = server.start()
@@ -143,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             os.environ.pop("E2B_DEBUG", None)
 
-            first = build(PIP_PACKAGES[0])
-            cached = [build(PIP_PACKAGES[0]) for _ in range(args.rebuilds)]
-            changed = [build(p) for p in PIP_PACKAGES[1 : 1 + args.rebuilds]]
+            first, template_id = build(PIP_PACKAGES[0])
+            cached = [build(PIP_PACKAGES[0])[0] for _ in range(args.rebuilds)]
+            changed = [build(p)[0] for p in PIP_PACKAGES[1 : 1 + args.rebuilds]]
             print_table(
                 "template builds (Template.build through the SDK, wall time)",
                 ["what", "n", "median", "p95", "p99", "aim"],
@@ -163,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
             node = running.app.state.node  # type: ignore[attr-defined]
             # As bench/sandbox.py does: each pooled create finds the pool full.
-            refilled = functools.partial(filled, node.pooled, 2)
+            base_refilled = functools.partial(filled, node.pooled, "base", 2)
+            refilled = functools.partial(filled, node.pooled, template_id, 2)
             rows = [
                 row(
                     "base, pooled",
-                    create_to_output("base", args.runs, before=refilled),
+                    create_to_output("base", args.runs, before=base_refilled),
                     "ms",
                     "<= 100 p50",
                 ),
@@ -177,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                     "ms",
                 ),
                 row(
-                    f"{NAME} (cold: no pool for user templates)",
-                    create_to_output(NAME, args.runs),
+                    f"{NAME}, pooled (HEARTH_POOL_SIZE={NAME}=2)",
+                    create_to_output(NAME, args.runs, before=refilled),
                     "ms",
-                    "same as base",
+                    "same as base pooled",
+                ),
+                row(
+                    f"{NAME}, cold (no internet)",
+                    create_to_output(NAME, args.runs, allow_internet_access=False),
+                    "ms",
+                    "same as base cold",
                 ),
             ]
             print_table(

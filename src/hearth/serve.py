@@ -34,7 +34,7 @@ from hearth.api import (
 )
 from hearth.node.interface import Node
 from hearth.proxy import Gateway, listen
-from hearth.store import Store
+from hearth.store import Build, Store
 from hearth.store import open as open_store
 from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe
@@ -123,7 +123,13 @@ async def serve(
             data_dir=data_dir,
             build_concurrency=options.build_concurrency or config.settings().build_concurrency,
         )
-        builds = TemplateBuilds(store, node, concurrency=settings.build_concurrency)
+        builds = TemplateBuilds(
+            store,
+            node,
+            concurrency=settings.build_concurrency,
+            # A template that HEARTH_POOL_SIZE names is warmed with each new build of it.
+            ready=lambda build: _warm_built(node, store, build, options.pool_sizes),
+        )
         stack.push_async_callback(builds.close)  # before the node and the store close
         await builds.fail_unfinished()
         recipes = await asyncio.to_thread(_builtin_recipes)
@@ -189,8 +195,8 @@ async def serve(
         )
         if started is not None:
             started(running)
-        # After the start: the code interpreter's build, and the warm pools (which only
-        # speed creates up) of each template once its build is ready.
+        # After the start: the warm pools (which only speed creates up) of the templates
+        # ready now; the others' are warmed as their builds become ready.
         later = asyncio.create_task(
             _after_start(store, node, interpreter, options.pool_sizes),
             name="hearth-after-start",
@@ -261,15 +267,20 @@ async def _after_start(
     sizes: Mapping[str, int],
 ) -> None:
     """Warm the pools of the templates that are ready (base is), then wait for the code
-    interpreter's build (a failure is logged: a create of it says it has no ready build)
-    and warm its pool once it is ready."""
-    pending = {CODE_INTERPRETER_TEMPLATE}
-    await _warm(node, store, {t: n for t, n in sizes.items() if t not in pending})
+    interpreter's build (a failure is logged: a create of it says it has no ready build;
+    its pool is warmed by the builds' `ready` hook)."""
+    await _warm(node, store, sizes)
     try:
         await interpreter
     except Exception as e:  # noqa: BLE001 - the server serves on without it
         log.error("building the %s template failed: %s", CODE_INTERPRETER_TEMPLATE, e)
-    await _warm(node, store, {t: n for t, n in sizes.items() if t in pending})
+
+
+async def _warm_built(node: Node, store: Store, build: Build, sizes: Mapping[str, int]) -> None:
+    """Warm the pool of the template of a build that just became ready, if asked for."""
+    template = await store.find_template(build.template_id)
+    names = [build.template_id, *(template.aliases if template else ())]
+    await _warm(node, store, {name: sizes[name] for name in names if name in sizes})
 
 
 async def _warm(node: Node, store: Store, sizes: Mapping[str, int]) -> None:

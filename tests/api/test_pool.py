@@ -158,3 +158,43 @@ def test_a_pooled_code_interpreter_has_the_creates_env_vars(container_data_dir, 
         _kill_all()
         assert server.stop(), "hearth serve did not stop"
     assert _records(data_dir) == {}
+
+
+def test_a_users_template_is_pooled_with_its_newest_build(container_data_dir, monkeypatch):
+    """HEARTH_POOL_SIZE may name a user's template: each build of it that becomes ready
+    refills the pool, and members of the build before go."""
+    from e2b import Template
+
+    data_dir = container_data_dir
+    server, running = serve_containers(data_dir, pool_sizes={"pooled-tpl": 1})
+    for name, value in running.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    try:
+        first = Template.build(
+            Template().from_template("base").run_cmd("echo one > /tmp/version"), "pooled-tpl"
+        )
+        members = _filled(server, 1, first.template_id)
+        sandbox = Sandbox.create("pooled-tpl")
+        claimed = [
+            n for n, r in _records(data_dir).items() if r["claimed_as"] == sandbox.sandbox_id
+        ]
+        assert len(claimed) == 1 and claimed[0] in members
+        assert sandbox.commands.run("cat /tmp/version").stdout == "one\n"
+        sandbox.kill()
+        Template.build(
+            Template().from_template("base").run_cmd("echo two > /tmp/version"), "pooled-tpl"
+        )
+        refilled = _filled(server, 1, first.template_id)
+        assert not refilled & members  # the first build's member was replaced
+        sandbox = Sandbox.create("pooled-tpl")
+        assert sandbox.commands.run("cat /tmp/version").stdout == "two\n"
+        claimed = [
+            n for n, r in _records(data_dir).items() if r["claimed_as"] == sandbox.sandbox_id
+        ]
+        assert len(claimed) == 1 and claimed[0] in refilled
+        sandbox.kill()
+    finally:
+        _kill_all()
+        assert server.stop(), "hearth serve did not stop"
+    assert _records(data_dir) == {}

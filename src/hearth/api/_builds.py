@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,9 +37,17 @@ Echo = Callable[[str, str, str | None], None]
 class TemplateBuilds:
     """The builds this API runs on its node, by build id and by template."""
 
-    def __init__(self, store: Store, node: Node, *, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        node: Node,
+        *,
+        concurrency: int = 2,
+        ready: Callable[[Build], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._node = node
+        self._ready = ready  # told of each build that becomes ready (warm pools)
         self._places = asyncio.Semaphore(max(1, concurrency))
         self._locks: dict[str, asyncio.Lock] = {}  # template id -> its builds, in turn
         self._tasks: dict[str, asyncio.Task[Build | None]] = {}  # build id ->
@@ -140,7 +148,7 @@ class TemplateBuilds:
             return await _finish_failed(self._store, entries, build_id, f"{e}", None)
         await entries.close()
         try:
-            return await self._store.update_build(
+            build = await self._store.update_build(
                 build_id,
                 status="ready",
                 artifact=artifact.to_json(),
@@ -149,6 +157,12 @@ class TemplateBuilds:
         except Exception:
             log.exception("recording build %s as ready failed", build_id)
             return None
+        if self._ready is not None:
+            try:
+                await self._ready(build)
+            except Exception:  # the build stands: what follows it only speeds creates up
+                log.exception("after build %s became ready", build_id)
+        return build
 
 
 async def _finish_failed(

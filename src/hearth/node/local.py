@@ -289,7 +289,20 @@ class LocalNode:
         builder = await self._ensure_builder()
         return await builder.build(request, log)
 
+    def _unpool(self, kind: str) -> None:
+        """Stop keeping sandboxes of the artifact `kind` started."""
+        assert self._pool is not None
+        shape = self._pool.shape(kind)
+        if shape is not None:
+            self._pool.configure(replace(shape, size=0))
+        self._pool_templates.pop(kind, None)
+
     async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
+        if self._pool is not None:
+            kept = {a.key for a in keep}
+            for artifact in drop:
+                if artifact.key not in kept:
+                    self._unpool(artifact.key)
         used = {key for a in [*keep, *self._builtins.values()] for key in a.layers}
         doomed = {key for a in drop for key in a.layers} - used
         if doomed:
@@ -353,6 +366,10 @@ class LocalNode:
             return
         artifact = artifact or await self.builtin(template_id)
         if self._pool is not None:
+            # A rebuilt template's pool holds its new build: the old one's members go.
+            for kind, template in list(self._pool_templates.items()):
+                if template == template_id and kind != artifact.key:
+                    self._unpool(kind)
             self._pool_artifacts[artifact.key] = artifact
             self._pool_templates[artifact.key] = template_id
             self._pool.configure(PoolShape(artifact.key, template_id, cpu_count, memory_mb, size))

@@ -100,6 +100,10 @@ class WarmPool(Generic[M]):
                 self._stop_later(member)
         self._refill(shape.kind)
 
+    def shape(self, kind: str) -> PoolShape | None:
+        """What members of `kind` are kept as, if any are."""
+        return self._shapes.get(kind)
+
     def sizes(self) -> dict[str, int]:
         """How many members wait now, per kind."""
         return {kind: len(self._members.get(kind, ())) for kind in self._shapes}
