@@ -252,3 +252,35 @@ async def test_warm_takes_the_snapshot_and_prespawns_its_vmms(node):
         assert (await run(address, s.envd_access_token, "echo warm")).strip() == "warm"
     finally:
         await node.kill(s.sandbox_id)
+
+
+async def test_a_templates_start_command_is_in_its_snapshot(node):
+    """As E2B's template snapshots: the start command ran and was ready before the
+    snapshot, so every clone has the same process, and none starts it again."""
+    import uuid
+
+    from hearth.node.interface import BuildRequest
+    from hearth.template.recipe import Base, Recipe
+
+    debian = await node.builtin("debian")
+    recipe = Recipe(
+        base=Base(template="debian"),
+        start_cmd="echo $$ > /tmp/started; exec sleep 100000",
+        ready_cmd="test -s /tmp/started",
+    )
+    request = BuildRequest("started", uuid.uuid4().hex, "team", recipe, parent=debian)
+    artifact = await node.build(request, lambda level, message, step: None)
+    clones = [spec(template_id="started", artifact=artifact) for _ in range(2)]
+    seen = []
+    try:
+        for s in clones:
+            address = await node.create(s)
+            out = await run(address, s.envd_access_token, "cat /tmp/started; pgrep -x sleep")
+            seen.append(out.split())
+    finally:
+        for s in clones:
+            await node.kill(s.sandbox_id)
+    started, running = seen[0]
+    assert started == running  # the snapshot's process, still the one that started
+    assert seen[1] == seen[0]  # the same in every clone: not started again
+    assert await _wait_no_leaks(node) == {}

@@ -376,7 +376,7 @@ class Builder:
             self.layers.paths(state.layers), recipe.cpu_count, recipe.memory_mb
         )
         try:
-            await envd_client.init(sandbox.url, _init_body(state.env, "root", "/"))
+            await envd_client.init(sandbox.url, envd_client.defaults_body(state.env, "root", "/"))
             await work(sandbox)
             await sandbox.commit(staging)
         except BaseException:
@@ -399,9 +399,7 @@ class Builder:
             self.layers.paths(artifact.layers), recipe.cpu_count, recipe.memory_mb
         )
         try:
-            await envd_client.init(
-                sandbox.url, _init_body(artifact.env, artifact.user, artifact.workdir)
-            )
+            await envd_client.init(sandbox.url, template_body(artifact))
             try:
                 await wait_started(
                     sandbox.url,
@@ -419,6 +417,12 @@ class Builder:
 @functools.cache
 def _guest_source() -> str:
     return GUEST_SCRIPT.read_text()
+
+
+def template_body(artifact: Artifact) -> dict:
+    """/init of a sandbox in which a template's start command runs before any create
+    (the build's check, a microVM template snapshot): the template's env and defaults."""
+    return envd_client.defaults_body(artifact.env, artifact.user, artifact.workdir)
 
 
 class StartFailed(RuntimeError):
@@ -492,16 +496,6 @@ async def wait_started(
 # --- helpers --------------------------------------------------------------------------
 
 _PATH_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-
-
-def _init_body(env: dict[str, str], user: str, workdir: str) -> dict:
-    """/init of a build sandbox: the build's env, who and where commands run."""
-    return {
-        "envVars": env,
-        "defaultUser": user,
-        "defaultWorkdir": workdir,
-        "timestamp": envd_client.now(),
-    }
 
 
 def _inherit(parent: Artifact) -> _State:

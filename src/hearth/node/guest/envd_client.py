@@ -101,6 +101,11 @@ def init_body(spec: SandboxSpec) -> dict[str, Any]:
     return body
 
 
+def defaults_body(env: dict[str, str], user: str, workdir: str) -> dict[str, Any]:
+    """An /init of env vars, who and where commands run, and the clock: no sandbox's."""
+    return {"envVars": env, "defaultUser": user, "defaultWorkdir": workdir, "timestamp": now()}
+
+
 def now() -> str:
     """The host's clock as /init takes it."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")

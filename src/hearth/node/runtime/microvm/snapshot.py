@@ -40,6 +40,8 @@ from hearth.node.network import NetworkPool
 from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.node.runtime.microvm import guestnet
 from hearth.node.runtime.microvm.vmm import Machine, Vmm, VmmError
+from hearth.template.artifact import Artifact
+from hearth.template.builder import template_body, wait_started
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Snapshot:
     key: str
 
 
-def snapshot_key(image: Path, machine: Machine) -> str:
+def snapshot_key(image: Path, machine: Machine, artifact: Artifact | None = None) -> str:
     recipe = {
         "version": RECIPE_VERSION,
         "image": str(image),
@@ -68,6 +70,9 @@ def snapshot_key(image: Path, machine: Machine) -> str:
         "memory": machine.memory_mb,
         "accel": machine.accel,
     }
+    if artifact is not None and artifact.start_cmd:
+        # Its start command runs before the snapshot: a different command, another one.
+        recipe["started"] = artifact.dumps()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -82,9 +87,12 @@ async def ensure_snapshot(
     machine: Machine,
     pool: NetworkPool,
     boot_timeout: float,
+    artifact: Artifact | None = None,
 ) -> Snapshot:
-    """The snapshot of `image` booted as `machine`, taken now if there is none."""
-    key = snapshot_key(image, machine)
+    """The snapshot of `image` booted as `machine`, taken now if there is none; with the
+    `artifact`'s start command running and ready in it, if it has one (as E2B's
+    template snapshots hold it: a clone does not start it again)."""
+    key = snapshot_key(image, machine, artifact)
     tag = f"{name}-{machine.cpu_count}c{machine.memory_mb}m-{key}-{boot_id()}"
     directory = snapshots_dir / tag
     snapshot = Snapshot(
@@ -102,7 +110,7 @@ async def ensure_snapshot(
     # The file lock serialises node processes; it is taken in a thread (it blocks).
     async with _async_locked(lock):
         if not snapshot_complete(snapshot):
-            await _take(snapshot, image, pool, boot_timeout)
+            await _take(snapshot, image, pool, boot_timeout, artifact)
     return snapshot
 
 
@@ -144,7 +152,9 @@ async def _async_locked(lock: Path):
         cm.__exit__(None, None, None)
 
 
-async def _take(s: Snapshot, image: Path, pool: NetworkPool, boot_timeout: float) -> None:
+async def _take(
+    s: Snapshot, image: Path, pool: NetworkPool, boot_timeout: float, artifact: Artifact | None
+) -> None:
     started = time.monotonic()
     progress(
         f"taking the template snapshot {s.directory.name} ({s.machine.accel}; a cold boot"
@@ -168,6 +178,11 @@ async def _take(s: Snapshot, image: Path, pool: NetworkPool, boot_timeout: float
         await to_thread_to_the_end(vmm.launch, argv)
         await vmm.connect()
         await wait_envd(vmm, slot.address, boot_timeout)
+        if artifact is not None and artifact.start_cmd:
+            url = f"http://{slot.address}:{ENVD_PORT}"
+            progress(f"running the template's start command: {artifact.start_cmd}")
+            await envd_client.init(url, template_body(artifact), timeout=boot_timeout)
+            await wait_started(url, artifact, interval=0.5, timeout=boot_timeout)
         await warm_envd(slot.address)
         await vmm.ignore_shared(True)
         await vmm.save(s.device_state)
