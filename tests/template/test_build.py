@@ -159,3 +159,28 @@ async def test_the_start_command_runs_and_must_become_ready(node) -> None:
     with pytest.raises(BuildFailed) as failed:
         await node.build(_request(failing, parent=busybox), Log())
     assert failed.value.step == "finalize" and "code 7" in str(failed.value)
+
+
+async def test_a_cold_resume_starts_the_templates_start_command_again(node) -> None:
+    """A filesystem-only pause keeps files, not processes: the resume boots envd again
+    and runs the start command as a create does, from what the sandbox's record kept
+    (the resume's own spec need not name the template's build)."""
+    busybox = await node.builtin("busybox")
+    recipe = Recipe(
+        base=Base(template="busybox"),
+        start_cmd="echo run >> /tmp/starts; exec sleep 100000",
+        ready_cmd="test -s /tmp/starts",
+    )
+    artifact = await node.build(_request(recipe, parent=busybox), Log())
+    sandbox_id = uuid.uuid4().hex[:20]
+    await node.create(SandboxSpec(sandbox_id, "tpl", 1, 256, artifact=artifact))
+    try:
+        assert await node.pause(sandbox_id, memory=False) is False
+        address = await node.resume(SandboxSpec(sandbox_id, "tpl", 1, 256))
+        done = await envd_client.run(
+            f"http://{address.host}:{envd_client.ENVD_PORT}",
+            ["/bin/sh", "-c", "cat /tmp/starts; ps | grep -c '[s]leep 100000'"],
+        )
+        assert done.output.split() == ["run", "run", "1"]
+    finally:
+        await node.kill(sandbox_id)

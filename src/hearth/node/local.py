@@ -75,12 +75,20 @@ class _Paused(Protocol):
     async def discard(self) -> None:
         """Release everything the paused sandbox holds, its disk state too."""
 
+    @property
+    def artifact(self) -> Artifact | None:
+        """What it was created from, as its record keeps it (a restarted node's too)."""
+
     # Optional: `async def drop_memory()`, for a pause that holds host memory (a frozen
     # container): turn it into a filesystem-only pause. `memory` is False afterwards.
 
 
 class _Runtime(Protocol):
     """What LocalNode needs of a runtime (to move to runtime/base.py with a second user)."""
+
+    # True: a started sandbox already runs its template's start command (a microVM's
+    # snapshot holds it); False: the node starts it.
+    starts_templates: bool
 
     async def setup(self) -> None: ...
 
@@ -250,7 +258,7 @@ class LocalNode:
         command (an explicit one: E2B's implicit `sleep 20` was waited out by the
         build). A failure stops the sandbox, so a failed create leaves nothing."""
         artifact = spec.artifact
-        if artifact is None or not artifact.start_cmd:
+        if artifact is None or not artifact.start_cmd or self.runtime.starts_templates:
             return
         address = sandbox.address
         try:
@@ -296,6 +304,9 @@ class LocalNode:
         if shape is not None:
             self._pool.configure(replace(shape, size=0))
         self._pool_templates.pop(kind, None)
+
+    def has_artifact(self, artifact: Artifact) -> bool:
+        return not self.layers.missing(artifact.layers)
 
     async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
         if self._pool is not None:
@@ -451,6 +462,8 @@ class LocalNode:
             if paused is None:
                 raise SandboxNotFound(sandbox_id)
             cold = not paused.memory
+            if spec.artifact is None:
+                spec = replace(spec, artifact=paused.artifact)
             if spec.artifact is None and spec.template_id in builtins.names():
                 spec = replace(spec, artifact=await self.builtin(spec.template_id))
             sandbox = await paused.resume(spec)
@@ -577,6 +590,8 @@ class _BuildSandbox:
 
 
 class _ContainerDriver:
+    starts_templates = False
+
     def __init__(
         self,
         data_dir: Path,
@@ -703,6 +718,7 @@ class _IsolatedPaused:
     """A frozen isolated envd: resume thaws it, then sets the clock through /init."""
 
     memory = True
+    artifact = None  # never needed: it resumes only with its memory
 
     def __init__(self, sandbox: _IsolatedSandbox) -> None:
         self._sandbox = sandbox
@@ -723,6 +739,8 @@ class _IsolatedPaused:
 
 class _IsolatedDriver:
     """envd on the host's loopback in its own namespaces: no slot, no limits."""
+
+    starts_templates = False
 
     def __init__(self, cache_dir: Path | None, bundle_dir: Path | None) -> None:
         self._cache_dir = cache_dir

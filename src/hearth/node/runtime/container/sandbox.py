@@ -60,6 +60,7 @@ from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
 from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
+from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class SandboxRecord:
     pooled: bool = False
     claimed_as: str | None = None
     build: bool = False  # a template build's sandbox: never adopted, always removed
+    artifact: dict | None = None  # its template's (a cold resume starts it again)
 
 
 def lower_layers(record: SandboxRecord) -> list[Path]:
@@ -292,6 +294,7 @@ class ContainerRuntime:
             layers=[str(p) for p in layers],
             pooled=pooled,
             build=build,
+            artifact=spec.artifact.to_json() if spec.artifact else None,
         )
         directory = self.sandboxes_dir / spec.sandbox_id
         sandbox = ContainerSandbox(record, directory, stack, self)
@@ -747,6 +750,12 @@ class PausedContainer:
     @property
     def memory(self) -> bool:
         return self.sandbox.record.paused == "memory"
+
+    @property
+    def artifact(self) -> Artifact | None:
+        """What the sandbox was created from (its template's start command)."""
+        record = self.sandbox.record
+        return Artifact.from_json(record.artifact) if record.artifact else None
 
     async def resume(self, spec: SandboxSpec) -> ContainerSandbox:
         assert self.sandbox._runtime is not None

@@ -92,6 +92,7 @@ class VmRecord:
     vmm_name: str = ""  # QEMU's -name (hearth-NAME), to recognise it after a restart
     created_at: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    artifact: dict | None = None  # its template's (a cold resume starts it again)
 
     def machine_(self) -> Machine:
         m = dict(self.machine)
@@ -122,6 +123,11 @@ class MicroVMSandbox:
     @property
     def sandbox_id(self) -> str:
         return self.record.sandbox_id
+
+    @property
+    def artifact(self) -> Artifact | None:
+        """What the sandbox was created from (its template's start command)."""
+        return Artifact.from_json(self.record.artifact) if self.record.artifact else None
 
     @property
     def address(self) -> SandboxAddress:
@@ -226,6 +232,11 @@ class PausedMicroVM:
         return self.record.sandbox_id
 
     @property
+    def artifact(self) -> Artifact | None:
+        """What the sandbox was created from (its template's start command)."""
+        return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+
+    @property
     def memory(self) -> bool:
         return self.record.memory
 
@@ -328,6 +339,9 @@ class _VmmPool:
 class MicroVMDriver:
     """Starts, pauses, resumes and adopts microVM sandboxes under `data_dir/microvm`."""
 
+    # A clone's template start command already runs: it is in the snapshot.
+    starts_templates = True
+
     def __init__(
         self,
         data_dir: Path,
@@ -401,20 +415,27 @@ class MicroVMDriver:
         )
 
     async def snapshot(
-        self, kind: str, layers: list[Path], cpu_count: int, memory_mb: int
+        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
     ) -> Snapshot:
-        """The template snapshot for (template `kind` = its artifact key, vCPUs, memory),
-        taken on first use."""
+        """The template snapshot for (the template's artifact, vCPUs, memory), taken on
+        first use: booted, with the template's start command running and ready."""
         assert self.bundle is not None and self.network is not None
-        wanted = f"{kind}/{cpu_count}/{memory_mb}"
+        wanted = f"{artifact.dumps()}/{cpu_count}/{memory_mb}"
         known = self._snapshots.get(wanted)
         if known is not None and snapshot_complete(known):
             return known  # the common case: no hashing, no locks
-        image = await asyncio.to_thread(ensure_image, kind, layers, self.bundle, self._cache_dir)
+        name = artifact.key
+        image = await asyncio.to_thread(ensure_image, name, layers, self.bundle, self._cache_dir)
         machine = self.machine(cpu_count, memory_mb)
         async with self._snapshot_locks.setdefault(wanted, asyncio.Lock()):
             snapshot = await ensure_snapshot(
-                self.snapshots_dir, kind, image, machine, self.network, self.boot_timeout
+                self.snapshots_dir,
+                name,
+                image,
+                machine,
+                self.network,
+                self.boot_timeout,
+                artifact,
             )
         self._snapshots[wanted] = snapshot
         return snapshot
@@ -424,14 +445,14 @@ class MicroVMDriver:
     ) -> None:
         """Take the template snapshot of that shape now and pre-spawn its VMMs, so that
         the first create does not wait for a cold boot (seconds under TCG)."""
-        self.vmms.refill(await self.snapshot(artifact.key, layers, cpu_count, memory_mb))
+        self.vmms.refill(await self.snapshot(artifact, layers, cpu_count, memory_mb))
 
     # --- create ----------------------------------------------------------------------
 
     async def start(self, spec: SandboxSpec, layers: list[Path]) -> MicroVMSandbox:
         _check_id(spec.sandbox_id)
         assert spec.artifact is not None
-        snapshot = await self.snapshot(spec.artifact.key, layers, spec.cpu_count, spec.memory_mb)
+        snapshot = await self.snapshot(spec.artifact, layers, spec.cpu_count, spec.memory_mb)
         started = time.monotonic()
         pooled = self.vmms.take(snapshot)
         pool_note = "pooled VMM"
@@ -449,6 +470,7 @@ class MicroVMDriver:
             allow_internet=spec.allow_internet,
             created_at=time.time(),
             metadata=dict(spec.metadata),
+            artifact=spec.artifact.to_json() if spec.artifact else None,
         )
         sandbox = MicroVMSandbox(self, record, directory)
         renamed = False
