@@ -21,6 +21,7 @@ from typing import Any
 from hearth.api._errors import ApiError
 from hearth.node.interface import BuildFailed, BuildRequest, Node
 from hearth.store import Build, Store
+from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,13 @@ class TemplateBuilds:
         self._by_template.setdefault(request.template_id, set()).add(request.build_id)
         task.add_done_callback(lambda _: self._forget(request))
         return task
+
+    def on_node(self, build: Build) -> bool:
+        """Whether the node still holds what the build made (its layer cache may have
+        been wiped while the store kept the build)."""
+        return build.artifact is not None and self._node.has_artifact(
+            Artifact.from_json(build.artifact)
+        )
 
     def running(self, build_id: str) -> bool:
         return build_id in self._tasks

@@ -427,7 +427,7 @@ async def start_builtin(
     parent = await _parent_build(store, None, recipe)
     recorded = _recorded(recipe, parent)
     current = await store.tagged_build(name)
-    if current is not None and _same(current.recipe, recorded):
+    if current is not None and _same(current.recipe, recorded) and builds.on_node(current):
         return _done(current)
     build = await store.create_build(
         name,

@@ -86,6 +86,10 @@ class Node(Protocol):
         """Build a template's recipe into layers on this node; BuildFailed with the
         failing step. Cancelling the call cancels the build and leaves nothing behind."""
 
+    def has_artifact(self, artifact: Artifact) -> bool:
+        """Whether this node holds every layer of `artifact` (its cache may have been
+        wiped while the store kept the build)."""
+
     async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
         """Free the layers (and snapshots) of `drop` that no artifact of `keep` uses and
         no sandbox has mounted (a template was deleted)."""
