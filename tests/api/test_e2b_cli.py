@@ -1,0 +1,84 @@
+"""The E2B CLI (`@e2b/cli`, pinned in tests/api/cli) against `hearth serve`, as a user
+runs it with E2B_API_URL and E2B_API_KEY: `template create` from a Dockerfile (the JS
+SDK's build path, COPY uploads included), `list`, `publish`/`unpublish`, `delete`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2b import Sandbox, Template
+
+from .conftest import Hearth, served_containers
+
+pytestmark = pytest.mark.root
+
+CLI_DIR = Path(__file__).with_name("cli")
+NAME = "cli-tpl"
+
+
+@pytest.fixture(scope="module")
+def hearth() -> Iterator[Hearth]:
+    with served_containers("hearth-cli-") as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def e2b_cli() -> Path:
+    """The locked CLI, installed on first use (`npm ci`)."""
+    npm = shutil.which("npm")
+    if not npm or not shutil.which("node"):
+        pytest.skip("node and npm are needed for the E2B CLI")
+    binary = CLI_DIR / "node_modules" / ".bin" / "e2b"
+    if not binary.exists():
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=CLI_DIR, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    return binary
+
+
+def _cli(e2b_cli: Path, hearth: Hearth, *args: str, cwd: Path | None = None) -> str:
+    env = {**os.environ, **hearth.env(), "HOME": str(CLI_DIR), "NO_COLOR": "1"}
+    done = subprocess.run(
+        [str(e2b_cli), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"e2b {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_create_list_publish_delete(e2b_cli: Path, hearth: Hearth, tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_text("copied by the cli\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM e2bdev/base\n"
+        "RUN echo built > /tmp/built\n"
+        "ENV CLI_VAR=from-the-dockerfile\n"
+        "COPY hello.txt /home/user/hello.txt\n"
+    )
+    create = ["template", "create", NAME, "-p", str(tmp_path), "--cpu-count", "1"]
+    _cli(e2b_cli, hearth, *create, "--memory-mb", "512")
+    sandbox = Sandbox.create(NAME)
+    try:
+        out = sandbox.commands.run("cat /tmp/built /home/user/hello.txt; echo $CLI_VAR").stdout
+        assert out == "built\ncopied by the cli\nfrom-the-dockerfile\n"
+    finally:
+        sandbox.kill()
+
+    listed = json.loads(_cli(e2b_cli, hearth, "template", "list", "-f", "json"))
+    names = [name for t in listed for name in (t.get("aliases") or t.get("names") or [])]
+    assert NAME in names
+
+    headers = {"X-API-Key": hearth.api_key}
+    with httpx.Client(base_url=hearth.api_url, headers=headers) as api:
+        _cli(e2b_cli, hearth, "template", "publish", NAME, "-y")
+        assert api.get(f"/templates/{NAME}").json()["public"] is True
+        _cli(e2b_cli, hearth, "template", "unpublish", NAME, "-y")
+        assert api.get(f"/templates/{NAME}").json()["public"] is False
+    _cli(e2b_cli, hearth, "template", "delete", NAME, "-y")
+    assert not Template.exists(NAME)
