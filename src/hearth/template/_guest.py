@@ -8,9 +8,9 @@ prints one line saying what is wrong and exits 1.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -23,6 +23,8 @@ SKELETON = {
     'if [ -n "$BASH_VERSION" ] && [ -f "$HOME/.bashrc" ]; then\n    . "$HOME/.bashrc"\nfi\n'
     'if [ -d "$HOME/.local/bin" ]; then\n    PATH="$HOME/.local/bin:$PATH"\nfi\n',
 }
+# useradd's rule; anything else would corrupt /etc/passwd.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}[$]?|[0-9]+", re.IGNORECASE)
 BASH_SHIM = '#!/bin/sh\nexec /bin/sh "$@"\n'
 BUSYBOX_BASH_SHIM = '#!/bin/sh\nexec /bin/busybox sh "$@"\n'
 
@@ -61,6 +63,8 @@ def lookup(name: str) -> tuple[int, int, str]:
 def ensure_user(name: str, sudo: bool = False, uid: int | None = None) -> None:
     """Make `name` an account with a home under /home if it is not one already, and let it
     sudo without a password when asked and sudo is installed."""
+    if not USER_NAME.fullmatch(name):
+        raise GuestError(f"{name!r} is not a user name (letters, digits, _ and -, at most 32)")
     users = _entries("/etc/passwd")
     if not any(u[0] == name for u in users):
         taken = {int(u[2]) for u in users if len(u) > 2 and u[2].isdigit()}
@@ -126,33 +130,58 @@ def workdir(args: dict) -> None:
 
 
 def copy(args: dict) -> None:
-    """Docker's COPY of `src` (a path or glob relative to the build context, from the
-    uploaded tar) to `dest` (relative to the workdir), owned by `user`, with `mode`."""
-    uid, gid, _ = lookup(args["user"])
+    """E2B's COPY (as its builder does it, not Docker's): the SDK sends only the files
+    `src` matched, so `src` up to its first glob names one entry of the uploaded tar. A
+    file (or symlink) lands at `dest` exactly; a directory's contents are merged into
+    `dest`. `dest` is relative to the workdir; everything is owned by `owner`
+    (`user[:group]`) and given `mode`, if any."""
+    uid, gid = _owner(args["owner"])
     staging = tempfile.mkdtemp(prefix=".hearth-copy-", dir="/tmp")
     try:
         with tarfile.open(args["tar"]) as tar:
             tar.extractall(staging, filter="data")
-        sources = sorted(glob.glob(os.path.join(staging, args["src"].lstrip("/")), recursive=True))
-        if not sources:
-            raise GuestError(f"COPY {args['src']}: no such file in the uploaded context")
+        source = os.path.join(staging, _before_glob(args["src"]))
         dest = args["dest"]
         if not dest.startswith("/"):
             dest = os.path.join(args["workdir"], dest)
-        into_dir = dest.endswith("/") or len(sources) > 1 or os.path.isdir(dest)
-        for source in sources:
-            if os.path.isdir(source) and not os.path.islink(source):
-                target = dest
-                _merge_tree(source, target, uid, gid, args.get("mode"))
-            else:
-                target = os.path.join(dest, os.path.basename(source)) if into_dir else dest
-                os.makedirs(os.path.dirname(target) or "/", exist_ok=True)
-                if os.path.lexists(target) and not os.path.isdir(target):
-                    os.unlink(target)
-                shutil.copy2(source, target, follow_symlinks=False)
-                _own(target, uid, gid, args.get("mode"))
+        mode = args.get("mode")
+        if os.path.isdir(source) and not os.path.islink(source):
+            _merge_tree(source, dest, uid, gid, mode)
+        elif os.path.lexists(source):
+            os.makedirs(os.path.dirname(dest.rstrip("/")) or "/", exist_ok=True)
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                dest = os.path.join(dest, os.path.basename(source))
+            if os.path.lexists(dest):
+                os.unlink(dest)
+            shutil.copy2(source, dest, follow_symlinks=False)
+            _own(dest, uid, gid, mode)
+        else:
+            raise GuestError(f"COPY {args['src']}: no such file in the uploaded context")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.unlink(args["tar"])
+
+
+def _before_glob(src: str) -> str:
+    """`src` up to the first path part with a glob in it ("" for `**/*.py`)."""
+    parts = []
+    for part in src.strip("/").split("/"):
+        if any(c in part for c in "*?[{"):
+            break
+        parts.append(part)
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def _owner(owner: str) -> tuple[int, int]:
+    """uid and gid of `user` or `user:group`."""
+    name, _, group = owner.partition(":")
+    uid, gid, _ = lookup(name)
+    if group:
+        found = [g for g in _entries("/etc/group") if len(g) > 2 and group in (g[0], g[2])]
+        if not found:
+            raise GuestError(f"no group {group!r} in the image")
+        gid = int(found[0][2])
+    return uid, gid
 
 
 def _merge_tree(source: str, target: str, uid: int, gid: int, mode: str | None) -> None:
@@ -170,7 +199,7 @@ def _merge_tree(source: str, target: str, uid: int, gid: int, mode: str | None) 
             else:
                 os.makedirs(path, exist_ok=True)
                 shutil.copystat(os.path.join(dirpath, name), path)
-            _own(path, uid, gid, None)
+            _own(path, uid, gid, mode)
         for name in filenames:
             path = os.path.join(here, name)
             if os.path.lexists(path) and not os.path.isdir(path):

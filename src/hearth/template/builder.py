@@ -326,7 +326,7 @@ class Builder:
             "tar": tar,
             "src": step.args[0],
             "dest": step.args[1],
-            "user": (step.args[2] if len(step.args) > 2 and step.args[2] else state.user),
+            "owner": (step.args[2] if len(step.args) > 2 and step.args[2] else state.user),
             "mode": step.args[3] if len(step.args) > 3 and step.args[3] else None,
             "workdir": state.workdir,
         }
