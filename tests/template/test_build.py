@@ -184,3 +184,40 @@ async def test_a_cold_resume_starts_the_templates_start_command_again(node) -> N
         assert done.output.split() == ["run", "run", "1"]
     finally:
         await node.kill(sandbox_id)
+
+
+async def test_a_user_name_that_is_not_one_fails_its_step(node) -> None:
+    busybox = await node.builtin("busybox")
+    recipe = Recipe(base=Base(template="busybox"), steps=(Step("USER", ("; exit 1",)),))
+    with pytest.raises(BuildFailed) as failed:
+        await node.build(_request(recipe, parent=busybox), Log())
+    assert failed.value.step == "1" and "not a user name" in str(failed.value)
+
+
+async def test_copy_follows_e2b_not_docker(node, tmp_path) -> None:
+    """The SDK uploads what a glob matched; E2B's builder puts `src` up to its glob
+    (here the directory `folder`) at `dest`, and a single file at `dest` exactly."""
+    busybox = await node.builtin("busybox")
+    archive = tmp_path / "context.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("folder/a.txt", "folder/b.txt", "one.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = len(name)
+            tar.addfile(info, io.BytesIO(name.encode()))
+    recipe = Recipe(
+        base=Base(template="busybox"),
+        steps=(
+            Step("COPY", ("folder/*.txt", "folder", "", ""), files_hash="h1"),
+            Step("COPY", ("one.txt", "/opt/x/renamed.txt", "root:root", "0600"), files_hash="h1"),
+        ),
+    )
+    artifact = await node.build(_request(recipe, parent=busybox, files={"h1": archive}), Log())
+    done = await _run(
+        node,
+        artifact,
+        "cat folder/a.txt; echo; stat -c '%U %a' /opt/x/renamed.txt; ls -a /tmp",
+        user="root",
+    )
+    lines = done.output.split("\n")
+    assert lines[:2] == ["folder/a.txt", "root 600"]
+    assert not any(".hearth-copy" in line for line in lines)  # nothing of the upload stays
