@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,21 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def other_team_key(hearth: Hearth) -> str:
     return team_key(hearth, "other")
+
+
+def npm_installed(directory: Path, package: str) -> Path:
+    """`directory`'s locked npm packages, installed on first use (`npm ci`): its
+    node_modules. Skips the test where there is no node or npm."""
+    npm = shutil.which("npm")
+    if not npm or not shutil.which("node"):
+        pytest.skip("node and npm are needed")
+    modules = directory / "node_modules"
+    if not (modules / package / "package.json").is_file():
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    return modules
 
 
 def team_key(hearth: Hearth, team_name: str) -> str:

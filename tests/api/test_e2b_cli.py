@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from e2b import Sandbox, Template
 
-from .conftest import Hearth, served_containers
+from .conftest import Hearth, npm_installed, served_containers
 
 pytestmark = pytest.mark.root
 
@@ -31,17 +30,8 @@ def hearth() -> Iterator[Hearth]:
 
 @pytest.fixture(scope="module")
 def e2b_cli() -> Path:
-    """The locked CLI, installed on first use (`npm ci`)."""
-    npm = shutil.which("npm")
-    if not npm or not shutil.which("node"):
-        pytest.skip("node and npm are needed for the E2B CLI")
-    binary = CLI_DIR / "node_modules" / ".bin" / "e2b"
-    if not binary.exists():
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=CLI_DIR, capture_output=True, text=True
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-    return binary
+    """The locked CLI, installed on first use."""
+    return npm_installed(CLI_DIR, "@e2b/cli") / ".bin" / "e2b"
 
 
 def _cli(e2b_cli: Path, hearth: Hearth, *args: str, cwd: Path | None = None) -> str:

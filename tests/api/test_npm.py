@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import Hearth
+from .conftest import Hearth, npm_installed
 
 pytestmark = pytest.mark.root
 
@@ -20,8 +19,7 @@ SCRIPT = Path(__file__).with_name("control_plane.mjs")
 
 
 def test_npm_sdk_control_plane(hearth: Hearth) -> None:
-    if shutil.which("node") is None or not (NPM / "node_modules" / "e2b").is_dir():
-        pytest.skip("node or the npm e2b package is not installed (tests/sdk/npm)")
+    npm_installed(NPM, "e2b")
     result = subprocess.run(
         ["node", "--input-type=module", "-e", SCRIPT.read_text()],
         cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from e2b import BuildException, Sandbox, SandboxException, Template
 
-from .conftest import Hearth, serve_containers, served_containers, team_key
+from .conftest import Hearth, npm_installed, serve_containers, served_containers, team_key
 
 pytestmark = pytest.mark.root
 
@@ -459,8 +458,7 @@ def test_the_newest_tag_assignment_wins() -> None:
 
 
 def test_npm_sdk_builds_a_template(hearth: Hearth) -> None:
-    if shutil.which("node") is None or not (NPM / "node_modules" / "e2b").is_dir():
-        pytest.skip("node or the npm e2b package is not installed (tests/sdk/npm)")
+    npm_installed(NPM, "e2b")
     name = _unique("npm")
     result = subprocess.run(
         ["node", "--input-type=module", "-e", JS_BUILD.read_text()],
