@@ -209,15 +209,17 @@ async def test_copy_follows_e2b_not_docker(node, tmp_path) -> None:
         steps=(
             Step("COPY", ("folder/*.txt", "folder", "", ""), files_hash="h1"),
             Step("COPY", ("one.txt", "/opt/x/renamed.txt", "root:root", "0600"), files_hash="h1"),
+            Step("COPY", ("one.txt", "/dest/", "", ""), files_hash="h1"),
         ),
     )
     artifact = await node.build(_request(recipe, parent=busybox, files={"h1": archive}), Log())
     done = await _run(
         node,
         artifact,
-        "cat folder/a.txt; echo; stat -c '%U %a' /opt/x/renamed.txt; ls -a /tmp",
+        "cat folder/a.txt; echo; stat -c '%U %a' /opt/x/renamed.txt; cat /dest/one.txt; echo;"
+        " ls -a /tmp",
         user="root",
     )
     lines = done.output.split("\n")
-    assert lines[:2] == ["folder/a.txt", "root 600"]
+    assert lines[:3] == ["folder/a.txt", "root 600", "one.txt"]
     assert not any(".hearth-copy" in line for line in lines)  # nothing of the upload stays

@@ -148,6 +148,9 @@ def copy(args: dict) -> None:
         if os.path.isdir(source) and not os.path.islink(source):
             _merge_tree(source, dest, uid, gid, mode)
         elif os.path.lexists(source):
+            # Into a directory that exists, or that a trailing / names (as Docker does).
+            if dest.endswith("/"):
+                os.makedirs(dest, exist_ok=True)
             os.makedirs(os.path.dirname(dest.rstrip("/")) or "/", exist_ok=True)
             if os.path.isdir(dest) and not os.path.islink(dest):
                 dest = os.path.join(dest, os.path.basename(source))
