@@ -184,6 +184,12 @@ def test_starting_a_build_checks_what_it_needs(api: httpx.Client) -> None:
     _error(api.post(start, json={"fromImage": "debian", "fromTemplate": "base"}), 400)
     _error(api.post(start, json={}), 400)
     _error(api.post(start, json={"fromImage": "debian", "steps": [{"type": "NOPE"}]}), 400)
+    aws = {"type": "aws", "awsAccessKeyId": "a", "awsSecretAccessKey": "s", "awsRegion": "r"}
+    says = _error(api.post(start, json={"fromImage": "x", "fromImageRegistry": aws}), 400)
+    assert "AWS ECR credentials are not supported" in says
+    gcp = {"type": "gcp", "serviceAccountJson": "{}"}
+    says = _error(api.post(start, json={"fromImage": "x", "fromImageRegistry": gcp}), 400)
+    assert "GCP Artifact Registry credentials are not supported" in says
     _error(api.post(f"/v2/templates/{tid}/builds/{uuid.uuid4()}", json={"fromImage": "x"}), 404)
     _error(api.post(f"/v2/templates/{tid}/builds/nope", json={"fromImage": "x"}), 400)
     _error(api.post(f"/v2/templates/no-such/builds/{bid}", json={"fromImage": "x"}), 404)

@@ -30,6 +30,7 @@ from hearth.api._settings import ApiSettings
 from hearth.api._uploads import Uploads
 from hearth.node.interface import BuildRequest, Node
 from hearth.store import Build, BuildLogEntry, Conflict, Store, Team, Template, TemplateTag
+from hearth.template import oci
 from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe, RecipeError
 
@@ -144,7 +145,8 @@ class Templates:
             recipe = Recipe.from_build_request(
                 body, cpu_count=build.cpu_count, memory_mb=build.memory_mb
             )
-        except RecipeError as e:
+            oci.credentials(recipe.base.registry)  # AWS and GCP are refused here, not later
+        except (RecipeError, oci.UnsupportedRegistry) as e:
             raise ApiError(400, str(e)) from None
         parent = await _parent_build(self._store, team.id, recipe)
         files: dict[str, Path] = {}

@@ -186,7 +186,7 @@ def _is_loopback(location: str) -> bool:
 # --- credentials --------------------------------------------------------------------------
 
 
-def _credentials(registry: dict | None) -> tuple[str, str] | None:
+def credentials(registry: dict | None) -> tuple[str, str] | None:
     """(username, password) from E2B's `fromImageRegistry`, or UnsupportedRegistry."""
     if not registry:
         return None
@@ -242,7 +242,7 @@ def _authfile(creds: tuple[str, str] | None, host: str, directory: Path) -> Iter
 def resolve(image: str, *, registry: dict | None, mirror: str | None) -> tuple[str, bool, str]:
     """(reference, tls_off, digest) of the first candidate that has `image`, fetching only
     its manifest, so a caller can key its cache by digest before pulling anything."""
-    creds = _credentials(registry)
+    creds = credentials(registry)
     found_in = _candidates(image, mirror)
     # The last candidate is the image's own registry: the only one given the credentials.
     with (
@@ -405,7 +405,7 @@ def pull(
     The temporary OCI layout goes in `work_dir` or beside `dest` and is always deleted;
     on failure `dest` is left as it was found.
     """
-    creds = _credentials(registry)  # before any work: an unsupported kind is the caller's
+    creds = credentials(registry)  # before any work: an unsupported kind is the caller's
     found_in = _candidates(image, mirror)
     dest = Path(dest).absolute()
     _check_empty(dest)
