@@ -437,6 +437,21 @@ def test_delete_leaves_running_sandboxes_running(api: httpx.Client) -> None:
         sandbox.kill()
 
 
+def test_a_paused_sandbox_of_a_deleted_template_resumes(api: httpx.Client) -> None:
+    """Deleting a template frees the layers nobody uses: a filesystem-only pause still
+    needs them to boot again."""
+    name = _unique("paused-deleted")
+    Template.build(Template().from_template("base").run_cmd("echo kept > /home/user/k"), name)
+    sandbox = Sandbox.create(name)
+    try:
+        sandbox.beta_pause(keep_memory=False)
+        assert api.delete(f"/templates/{name}").status_code == 204
+        resumed = Sandbox.connect(sandbox.sandbox_id)
+        assert resumed.commands.run("cat /home/user/k").stdout == "kept\n"
+    finally:
+        sandbox.kill()
+
+
 def test_the_newest_tag_assignment_wins() -> None:
     name = _unique("newest")
     first = Template.build(

@@ -58,6 +58,10 @@ class _Sandbox(Protocol):
     @property
     def address(self) -> SandboxAddress: ...
 
+    @property
+    def artifact(self) -> Artifact | None:
+        """What it was created from, as its record keeps it (None: not recorded)."""
+
     async def stop(self) -> None: ...
 
     async def pause(self, memory: bool) -> _Paused:
@@ -314,7 +318,10 @@ class LocalNode:
             for artifact in drop:
                 if artifact.key not in kept:
                     self._unpool(artifact.key)
-        used = {key for a in [*keep, *self._builtins.values()] for key in a.layers}
+        # Sandboxes of a deleted template keep running, and paused ones can resume.
+        held = [s.artifact for s in [*self._sandboxes.values(), *self._paused.values()]]
+        kept = [*keep, *self._builtins.values(), *(a for a in held if a is not None)]
+        used = {key for a in kept for key in a.layers}
         doomed = {key for a in drop for key in a.layers} - used
         if doomed:
             await asyncio.to_thread(self.layers.remove, sorted(doomed))
@@ -683,6 +690,8 @@ class _IsolatedSandbox:
     @property
     def address(self) -> SandboxAddress:
         return SandboxAddress("127.0.0.1", {envd_client.ENVD_PORT: self._envd.port})
+
+    artifact = None  # its layers are the isolated envd's to hold: gone with it
 
     async def stop(self) -> None:
         async with self._lock:

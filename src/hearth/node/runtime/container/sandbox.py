@@ -177,6 +177,11 @@ class ContainerSandbox:
     def paused(self) -> bool:
         return self.record.paused is not None
 
+    @property
+    def artifact(self) -> Artifact | None:
+        """What the sandbox was created from (its layers, its start command)."""
+        return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+
     async def pause(self, memory: bool) -> PausedContainer:
         """Freeze the container (`memory`), or stop it and keep only its directory."""
         assert self._runtime is not None and not self._stopping
@@ -753,9 +758,7 @@ class PausedContainer:
 
     @property
     def artifact(self) -> Artifact | None:
-        """What the sandbox was created from (its template's start command)."""
-        record = self.sandbox.record
-        return Artifact.from_json(record.artifact) if record.artifact else None
+        return self.sandbox.artifact
 
     async def resume(self, spec: SandboxSpec) -> ContainerSandbox:
         assert self.sandbox._runtime is not None

@@ -127,7 +127,7 @@ class MicroVMSandbox:
     @property
     def artifact(self) -> Artifact | None:
         """What the sandbox was created from (its template's start command)."""
-        return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+        return _artifact_of(self.record)
 
     @property
     def address(self) -> SandboxAddress:
@@ -234,7 +234,7 @@ class PausedMicroVM:
     @property
     def artifact(self) -> Artifact | None:
         """What the sandbox was created from (its template's start command)."""
-        return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+        return _artifact_of(self.record)
 
     @property
     def memory(self) -> bool:
@@ -791,6 +791,10 @@ def _make_offline(pool: NetworkPool | None, slot: NetworkSlot) -> None:
 def _machine_dict(m: Machine) -> dict:
     d = asdict(m)
     return {**d, "kernel": str(m.kernel), "initramfs": str(m.initramfs)}
+
+
+def _artifact_of(record: VmRecord) -> Artifact | None:
+    return Artifact.from_json(record.artifact) if record.artifact else None
 
 
 def _write_record(directory: Path, record: VmRecord) -> None:
