@@ -23,8 +23,9 @@ sandbox becomes a filesystem-only pause, which boots envd again over the same up
 layer on resume. The record on disk says which pause a sandbox is in.
 
 Ids: each sandbox maps its uid/gid 0..65535 to its own host range
-`2**30 + block * 65536`, so no two sandboxes share a host id and nothing in one is
-owned by an id of the host's. The template's root and the envd bundle belong to the
+`2**30 + block * 65536`, so no two sandboxes share a host id (blocks are claimed
+host-wide, `idblocks.py`: two node processes never hand out the same one) and nothing
+in one is owned by an id of the host's. The template's layers and the envd bundle belong to the
 host's ids and are shared read-only through id-mapped mounts (see `_launcher.py`),
 which is what lets one cached template serve every sandbox without a chown'd copy;
 files a sandbox writes land in its upper layer owned by its own range.
@@ -45,7 +46,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -59,6 +59,7 @@ from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
 from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
+from hearth.node.runtime.container.idblocks import IdBlockError, IdBlocks
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 from hearth.template.artifact import Artifact
 
@@ -113,27 +114,6 @@ class SandboxRecord:
 def lower_layers(record: SandboxRecord) -> list[Path]:
     """The read-only layers under a sandbox's own, bottom first."""
     return [Path(p) for p in (record.layers or ([record.root] if record.root else []))]
-
-
-class _IdBlocks:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: set[int] = set()
-
-    def claim(self, block: int | None = None) -> int:
-        with self._lock:
-            if block is None:
-                block = next((b for b in range(ID_BLOCKS) if b not in self._used), None)
-                if block is None:
-                    raise ContainerError("no free block of user ids")
-            elif block in self._used:
-                raise ContainerError(f"id block {block} is already in use")
-            self._used.add(block)
-            return block
-
-    def free(self, block: int) -> None:
-        with self._lock:
-            self._used.discard(block)
 
 
 class ContainerSandbox:
@@ -254,7 +234,7 @@ class ContainerRuntime:
         self.start_timeout = start_timeout
         self.no_new_privileges = no_new_privileges
         self.dns_servers = dns_servers
-        self._blocks = _IdBlocks()
+        self._blocks = IdBlocks(self.sandboxes_dir, ID_BLOCKS)
 
     def setup(self) -> None:
         for d in (self.data_dir, self.sandboxes_dir, self.oci.state_root):
@@ -306,7 +286,7 @@ class ContainerRuntime:
         release = _Releaser(sandbox)
         running = _Releaser(sandbox, sandbox._run)
         try:
-            record.id_block = self._blocks.claim()
+            record.id_block = self._blocks.claim(spec.sandbox_id)
             release.push("its id block", self._blocks.free, record.id_block)
 
             slot = await running.take(
@@ -618,7 +598,7 @@ class ContainerRuntime:
         release = _Releaser(sandbox)
         running = _Releaser(sandbox, sandbox._run)
         try:
-            self._blocks.claim(record.id_block)
+            self._blocks.claim(record.sandbox_id, record.id_block)
             release.push("its id block", self._blocks.free, record.id_block)
             release.push("its directory", shutil.rmtree, directory)
             slot = await running.take(
@@ -668,8 +648,8 @@ class ContainerRuntime:
         sandbox = ContainerSandbox(record, directory, contextlib.AsyncExitStack(), self)
         release = _Releaser(sandbox)
         try:
-            self._blocks.claim(record.id_block)
-        except ContainerError as e:
+            self._blocks.claim(record.sandbox_id, record.id_block)
+        except IdBlockError as e:
             log.warning("cannot adopt paused sandbox %s, removing it: %s", record.sandbox_id, e)
             return None
         release.push("its id block", self._blocks.free, record.id_block)
@@ -693,7 +673,10 @@ class ContainerRuntime:
             lambda: self._remove_cgroups(name),
         ]
         if directory is not None:
+            block = _recorded_block(directory)
             steps.append(lambda: shutil.rmtree(directory))
+            if block is not None:
+                steps.append(lambda: self._blocks.free(block))
         for step in steps:
             try:
                 step()
@@ -930,6 +913,15 @@ def _write_record(directory: Path, record: SandboxRecord) -> None:
     tmp = directory / f".{RECORD}.tmp"
     tmp.write_text(json.dumps(asdict(record)))
     tmp.rename(directory / RECORD)
+
+
+def _recorded_block(directory: Path) -> int | None:
+    """The id block a sandbox's record names, if it can be read."""
+    try:
+        block = json.loads((directory / RECORD).read_text()).get("id_block")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return block if isinstance(block, int) and block >= 0 else None
 
 
 def _template_hostname(layers: list[Path]) -> str:
