@@ -39,6 +39,8 @@ class Settings:
     build_ca_bundle: Path | None = None
     # Template builds that run at once (HEARTH_BUILD_CONCURRENCY); the others wait.
     build_concurrency: int = 2
+    # Snapshots a team may keep (HEARTH_MAX_SNAPSHOTS); past it a snapshot is a 429.
+    max_snapshots: int = 100
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +58,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         registry_mirror=(env.get("HEARTH_REGISTRY_MIRROR") or "").strip() or None,
         build_ca_bundle=_ca_bundle(env.get("HEARTH_BUILD_CA_BUNDLE")),
         build_concurrency=_positive(env, "HEARTH_BUILD_CONCURRENCY", 2),
+        max_snapshots=_positive(env, "HEARTH_MAX_SNAPSHOTS", 100),
     )
 
 

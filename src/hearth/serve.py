@@ -64,6 +64,8 @@ class ServeOptions:
     pool_sizes: Mapping[str, int] = field(default_factory=dict)
     # Template builds that run at once; None: HEARTH_BUILD_CONCURRENCY's.
     build_concurrency: int | None = None
+    # Snapshots a team may keep; None: HEARTH_MAX_SNAPSHOTS's.
+    max_snapshots: int | None = None
 
 
 @dataclass
@@ -122,6 +124,7 @@ async def serve(
             max_timeout=options.max_timeout,
             data_dir=data_dir,
             build_concurrency=options.build_concurrency or config.settings().build_concurrency,
+            max_snapshots=options.max_snapshots or config.settings().max_snapshots,
         )
         builds = TemplateBuilds(
             store,

@@ -164,7 +164,7 @@ def team_key(hearth: Hearth, team_name: str) -> str:
 
 
 @contextlib.contextmanager
-def served_containers(prefix: str) -> Iterator[Hearth]:
+def served_containers(prefix: str, max_snapshots: int | None = None) -> Iterator[Hearth]:
     """A container-runtime `hearth serve` on a fresh searchable data directory, the SDK's
     variables pointing at it; every sandbox left is killed before the server stops
     (container sandboxes outlive it)."""
@@ -172,7 +172,7 @@ def served_containers(prefix: str) -> Iterator[Hearth]:
         pytest.skip("needs root: container sandboxes")
     data = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     data.chmod(0o755)  # the runtime's unprivileged ids search every parent
-    server, info = serve_containers(data)
+    server, info = serve_containers(data, max_snapshots=max_snapshots)
     try:
         with pytest.MonkeyPatch.context() as patch:
             for name, value in info.env().items():
@@ -199,7 +199,10 @@ def container_data_dir() -> Iterator[Path]:
 
 
 def serve_containers(
-    data_dir: Path, port: int = 0, pool_sizes: dict[str, int] | None = None
+    data_dir: Path,
+    port: int = 0,
+    pool_sizes: dict[str, int] | None = None,
+    max_snapshots: int | None = None,
 ) -> tuple[ServerThread, Hearth]:
     """`hearth serve --runtime container` in a thread; returns it and how to reach it.
     No warm pool unless `pool_sizes` asks for one (other tests count every sandbox)."""
@@ -213,6 +216,7 @@ def serve_containers(
         database_url=url,
         runtime="container",
         pool_sizes=pool_sizes or {},
+        max_snapshots=max_snapshots,
     )
     server = ServerThread(options)
     running = server.start()

@@ -17,8 +17,9 @@ from hearth.api._live import LiveSandboxes
 from hearth.api._names import ENCODED_SLASH
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
+from hearth.api._snapshots import Snapshots
 from hearth.api._templates import Templates
-from hearth.api.routes import health, sandboxes, templates
+from hearth.api.routes import health, sandboxes, snapshots, templates
 from hearth.node.interface import Node
 from hearth.store import Store
 
@@ -66,9 +67,10 @@ def create_app(
     app.state.settings = settings
     app.state.sandboxes = service
     app.state.templates = Templates(store, node, settings, builds)
+    app.state.snapshots = Snapshots(store, settings, service)
     app.state.live = live
     _errors.install(app)
-    for module in (health, sandboxes, templates):
+    for module in (health, sandboxes, snapshots, templates):
         app.include_router(module.router)
     app.add_middleware(_KeepEncodedSlashes)
     return app

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,10 +46,24 @@ _IDEMPOTENCY_KEY = re.compile(r"[a-z0-9-]{1,255}")
 IDEMPOTENCY_TTL = 600.0
 # An auto-resume runs for the create-time timeout, or this long if there was none.
 AUTO_RESUME_TIMEOUT = 300
+MAX_FORK_COUNT = 100  # infra's bound on the copies one fork request makes
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """What a sandbox starts from: a template's ready build, or a fork's captured state."""
+
+    template_id: str
+    alias: str | None
+    artifact: Artifact
+    cpu_count: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,7 @@ class Sandboxes:
         self._http: httpx.AsyncClient | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._pausing: dict[str, asyncio.Future[None]] = {}
+        self._capturing: set[str] = set()  # sandboxes whose snapshot is being taken
         live.resumer = self.auto_resume
 
     # --- create ------------------------------------------------------------------------
@@ -134,20 +149,39 @@ class Sandboxes:
             self._store, team, request.template, self._builds
         )
         assert build.artifact is not None  # ready_build returns only builds that have one
+        sandbox = await self._start(
+            team,
+            request,
+            _Origin(
+                template_id=template.template_id,
+                alias=alias,
+                artifact=Artifact.from_json(build.artifact),
+                cpu_count=build.cpu_count or self._settings.cpu_count,
+                memory_mb=build.memory_mb or self._settings.memory_mb,
+                disk_size_mb=build.disk_size_mb or self._settings.disk_size_mb,
+                envd_version=build.envd_version or self._settings.envd_version,
+            ),
+        )
+        with contextlib.suppress(Exception):
+            await self._store.record_template_spawn(template.template_id, sandbox.started_at)
+        return sandbox
+
+    async def _start(self, team: Team, request: CreateRequest, origin: _Origin) -> Sandbox:
+        """Start a sandbox of `origin` for `request` in the team's limit and record it."""
         async with self._reserve(team.id):
             sandbox_id = new_id()
             envd_token = secrets.token_urlsafe(32) if request.secure else None
             traffic_token = None if request.public_traffic else secrets.token_urlsafe(32)
             spec = SandboxSpec(
                 sandbox_id=sandbox_id,
-                template_id=template.template_id,
-                cpu_count=build.cpu_count or self._settings.cpu_count,
-                memory_mb=build.memory_mb or self._settings.memory_mb,
+                template_id=origin.template_id,
+                cpu_count=origin.cpu_count,
+                memory_mb=origin.memory_mb,
                 env_vars=dict(request.env_vars),
                 envd_access_token=envd_token,
                 allow_internet=request.allow_internet,
                 metadata=dict(request.metadata),
-                artifact=Artifact.from_json(build.artifact),
+                artifact=origin.artifact,
             )
             try:
                 await self._node.create(spec)
@@ -159,15 +193,15 @@ class Sandboxes:
                 sandbox = await self._store.insert_sandbox(
                     sandbox_id=sandbox_id,
                     team_id=team.id,
-                    template_id=template.template_id,
-                    alias=alias,
+                    template_id=origin.template_id,
+                    alias=origin.alias,
                     client_id=self._client_id,
                     end_at=started + timedelta(seconds=request.timeout),
                     started_at=started,
                     cpu_count=spec.cpu_count,
                     memory_mb=spec.memory_mb,
-                    disk_size_mb=build.disk_size_mb or self._settings.disk_size_mb,
-                    envd_version=build.envd_version or self._settings.envd_version,
+                    disk_size_mb=origin.disk_size_mb,
+                    envd_version=origin.envd_version,
                     metadata=request.metadata,
                     envd_access_token=envd_token,
                     traffic_access_token=traffic_token,
@@ -185,8 +219,7 @@ class Sandboxes:
                 await self._node.kill(sandbox_id)
                 raise
         with contextlib.suppress(Exception):
-            await self._store.record_template_spawn(template.template_id, started)
-            await self._event(sandbox, "sandbox.created", {"templateID": template.template_id})
+            await self._event(sandbox, "sandbox.created", {"templateID": origin.template_id})
         return sandbox
 
     @contextlib.asynccontextmanager
@@ -292,6 +325,7 @@ class Sandboxes:
         """A running sandbox's details, its end extended (never shortened) to now +
         seconds; a paused one is resumed first. Returns it and whether it was resumed."""
         self._check_timeout(seconds)
+        await self._refuse_resume_while_captured(team, sandbox_id)
         async with self._lock(sandbox_id):
             sandbox = await self.get(team, sandbox_id)
             if sandbox.state is SandboxState.PAUSED:
@@ -312,11 +346,19 @@ class Sandboxes:
     ) -> Sandbox:
         """The deprecated `POST .../resume`: 409 unless the sandbox is paused."""
         self._check_timeout(seconds)
+        await self._refuse_resume_while_captured(team, sandbox_id)
         async with self._lock(sandbox_id):
             sandbox = await self.get(team, sandbox_id)
             if sandbox.state is not SandboxState.PAUSED:
                 raise ApiError(409, f"Sandbox {sandbox_id} is already running")
             return await self._resume(sandbox, seconds, memory)
+
+    async def _refuse_resume_while_captured(self, team: Team, sandbox_id: str) -> None:
+        """409 for resuming a paused sandbox whose snapshot is being taken (infra's)."""
+        if sandbox_id in self._capturing:
+            sandbox = await self.get(team, sandbox_id)
+            if sandbox.state is SandboxState.PAUSED:
+                raise ApiError(409, f"Sandbox '{sandbox_id}' is being snapshotted, try again")
 
     async def auto_resume(self, team_id: str, sandbox_id: str) -> bool:
         """Resume a paused sandbox that traffic reached, if its autoResume says so and
@@ -452,6 +494,108 @@ class Sandboxes:
             self._live.add_paused(paused)
         with contextlib.suppress(Exception):
             await self._event(paused, "sandbox.paused", {"memory": kept})
+
+    # --- snapshots and forks ------------------------------------------------------------
+
+    async def capture(
+        self, team: Team, sandbox_id: str, *, memory: bool, fork: bool = False
+    ) -> tuple[Sandbox, Artifact]:
+        """The sandbox's state now as an artifact (`Node.snapshot`), with the envVars it
+        was created with: a sandbox started from it has them as its template's. The
+        sandbox goes on running (or stays paused). 404 unknown; 409 while another
+        capture of it runs, and for a fork of a paused sandbox."""
+        if sandbox_id in self._capturing:
+            await self.get(team, sandbox_id)
+            raise ApiError(409, f"Sandbox '{sandbox_id}' is being snapshotted already")
+        self._capturing.add(sandbox_id)
+        try:
+            async with self._lock(sandbox_id):
+                sandbox = await self.get(team, sandbox_id)
+                if fork and sandbox.state is SandboxState.PAUSED:
+                    raise ApiError(
+                        409,
+                        f"Sandbox '{sandbox_id}' is paused and cannot be forked; resume it first",
+                    )
+                try:
+                    artifact = await self._node.snapshot(sandbox_id, memory=memory)
+                except SandboxNotFound:
+                    await self._kill(team.id, sandbox_id, "lost")
+                    raise sandbox_not_found(sandbox_id) from None
+                except PauseNotSupported as e:
+                    raise ApiError(400, str(e)) from e
+                except Exception as e:
+                    log.exception("node failed to snapshot sandbox %s", sandbox_id)
+                    raise ApiError(500, f"Error creating snapshot: {e}") from e
+        finally:
+            self._capturing.discard(sandbox_id)
+        env = {**artifact.env, **(sandbox.env_vars or {})}
+        return sandbox, replace(artifact, env=env)
+
+    async def fork(
+        self, team: Team, sandbox_id: str, *, count: int, timeout: int
+    ) -> list[Sandbox | ApiError]:
+        """`count` new sandboxes of the running sandbox's state now, each started (or
+        failed) on its own, the source going on as it was. Its settings are theirs:
+        metadata, envVars, network, lifecycle, secured access (each its own token)."""
+        if count < 1:
+            raise ApiError(400, "Count must be at least 1")
+        if count > MAX_FORK_COUNT:
+            raise ApiError(400, f"Count cannot be greater than {MAX_FORK_COUNT}")
+        limit = self._settings.max_concurrent
+        if limit and count >= limit:  # the source holds a place too
+            raise ApiError(
+                400,
+                f"Count must be lower than the maximum number of concurrent sandboxes ({limit})",
+            )
+        self._check_timeout(timeout, create=True)
+        source, artifact = await self.capture(team, sandbox_id, memory=True, fork=True)
+        request = CreateRequest(
+            template=source.template_id,
+            timeout=timeout,
+            secure=source.envd_access_token is not None,
+            metadata=dict(source.metadata),
+            env_vars=dict(source.env_vars or {}),
+            allow_internet=source.allow_internet is not False,
+            public_traffic=source.traffic_access_token is None,
+            auto_pause=source.auto_pause,
+            auto_resume=source.auto_resume,
+            auto_pause_memory=source.auto_pause_memory,
+            network=source.network,
+        )
+        origin = _Origin(
+            template_id=source.template_id,
+            alias=source.alias,
+            artifact=artifact,
+            cpu_count=source.cpu_count,
+            memory_mb=source.memory_mb,
+            disk_size_mb=source.disk_size_mb,
+            envd_version=source.envd_version,
+        )
+        try:
+            started = await asyncio.gather(
+                *(self._start(team, request, origin) for _ in range(count)),
+                return_exceptions=True,
+            )
+        finally:
+            # No template keeps the captured state: it goes with the last of its forks.
+            await self.forget([artifact])
+        results: list[Sandbox | ApiError] = []
+        for outcome in started:
+            if isinstance(outcome, Sandbox | ApiError):
+                results.append(outcome)
+            else:
+                log.error("fork of %s failed: %r", sandbox_id, outcome)
+                results.append(ApiError(500, "Error forking sandbox"))
+        return results
+
+    async def forget(self, dropped: list[Artifact]) -> None:
+        """Let the node free what only `dropped` (no template's build) used, once the
+        sandboxes using it are gone; a failure leaves it for the next."""
+        try:
+            keep = [Artifact.from_json(a) for a in await self._store.all_artifacts()]
+            await self._node.forget_artifacts(keep=keep, drop=dropped)
+        except Exception:
+            log.exception("freeing %s failed", ", ".join(a.key for a in dropped))
 
     async def kill(self, team_id: str | None, sandbox_id: str, reason: str = "killed") -> bool:
         """Kill a live sandbox, running or paused (of `team_id`, unless None); False if

@@ -19,6 +19,8 @@ class ApiSettings(BaseModel):
     max_timeout: int = Field(24 * 3600, ge=1)  # seconds a sandbox may be given at a time
     # Running sandboxes per team; 0: no limit.
     max_concurrent: int = Field(100, ge=0)
+    # Snapshots (their templates) a team may keep; 0: no limit.
+    max_snapshots: int = Field(100, ge=0)
     # Resources of a sandbox whose template names none.
     cpu_count: int = Field(2, ge=1)
     memory_mb: int = Field(512, ge=128)

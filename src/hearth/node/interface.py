@@ -94,6 +94,15 @@ class Node(Protocol):
         """Free the layers (and snapshots) of `drop` that no artifact of `keep` uses and
         no sandbox has mounted (a template was deleted)."""
 
+    async def snapshot(self, sandbox_id: str, *, memory: bool = True) -> Artifact:
+        """The sandbox's state now as an artifact that creates start from: its files
+        (a layer over its template's, or a microVM's disk) and, with `memory` on a
+        runtime that can keep it, its memory and running processes (`artifact.memory`
+        says whether it was kept). A running sandbox is paused only for the capture
+        and goes on as it was; a paused one is captured as it lies. The node keeps what
+        the artifact names until `forget_artifacts` drops it and no sandbox started
+        from it remains. SandboxNotFound if the node holds no such sandbox."""
+
     async def kill(self, sandbox_id: str) -> bool:
         """Stop a sandbox, running or paused, and release everything it holds (its
         paused state on disk included); False if unknown."""

@@ -39,6 +39,7 @@ from hearth.node.network import NetworkPool
 from hearth.node.network.slots import DEFAULT_POOL
 from hearth.node.pool import PoolShape, WarmPool
 from hearth.node.runtime import _freezer
+from hearth.node.runtime._threads import to_thread_to_the_end
 from hearth.template import builtins
 from hearth.template.artifact import Artifact
 from hearth.template.builder import Builder, StartFailed, wait_started
@@ -101,6 +102,17 @@ class _Runtime(Protocol):
 
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]: ...
 
+    async def snapshot(
+        self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
+    ) -> Artifact:
+        """The artifact of `held`'s state now (see `Node.snapshot`): a layer it writes
+        into `layers` over `artifact`'s, or a state of its own (`Artifact.saved`)."""
+
+    def has_saved(self, name: str) -> bool: ...
+
+    async def forget_saved(self, names: list[str]) -> None:
+        """Drop saved states, each once no sandbox started from it remains."""
+
     async def reconcile_paused(self) -> dict[str, _Paused]:
         """The paused sandboxes found at start (called after `reconcile`)."""
 
@@ -147,6 +159,9 @@ class LocalNode:
         self.kind = runtime
         self._cache_dir = cache_dir
         self.layers = LayerStore.of_cache(cache_dir)
+        # Layers of sandboxes' state (snapshots, forks): data, not cache, so they live
+        # with the node's sandboxes, not in the cache a user may wipe.
+        self.saved_layers = LayerStore(self.data_dir / "layers")
         self._registry_mirror = registry_mirror
         self._builder: Builder | None = None
         self._build_driver: _ContainerDriver | None = None  # builds run in containers
@@ -216,6 +231,7 @@ class LocalNode:
             self._sandboxes.setdefault(sandbox_id, sandbox)
         for sandbox_id, paused in (await self.runtime.reconcile_paused()).items():
             self._paused.setdefault(sandbox_id, paused)
+        removed += [f"layer {key}" for key in await self._remove_orphans()]
         if removed:
             log.info("reconcile removed: %s", ", ".join(removed))
         return removed
@@ -234,7 +250,8 @@ class LocalNode:
             assert spec.artifact is not None
             sandbox = await self._pool.take(spec.artifact.key, spec) if self._pool else None
             if sandbox is None:
-                layers = self._layer_paths(spec.artifact)
+                # A saved state holds its disk: the layers only say what it was made of.
+                layers = [] if spec.artifact.saved else self._layer_paths(spec.artifact)
                 sandbox = await self.runtime.start(spec, layers)
                 await self._start_template(sandbox, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
@@ -250,12 +267,21 @@ class LocalNode:
         raise UnknownTemplate(f"template {spec.template_id!r} not found")
 
     def _layer_paths(self, artifact: Artifact) -> list[Path]:
-        missing = self.layers.missing(artifact.layers)
+        missing = self._missing(artifact)
         if missing:
             raise UnknownTemplate(
                 f"the template's layers {', '.join(missing)} are not on this node: build it again"
             )
-        return self.layers.paths(artifact.layers)
+        return [self._store_of(key).path(key) for key in artifact.layers]
+
+    def _store_of(self, key: str) -> LayerStore:
+        return self.saved_layers if self.saved_layers.has(key) else self.layers
+
+    def _missing(self, artifact: Artifact) -> list[str]:
+        if artifact.saved:
+            assert self.runtime is not None
+            return [] if self.runtime.has_saved(artifact.saved) else [artifact.saved]
+        return [key for key in artifact.layers if not self._store_of(key).has(key)]
 
     async def _start_template(self, sandbox: _Sandbox, spec: SandboxSpec) -> None:
         """Run the template's start command in a new sandbox and wait for its ready
@@ -310,21 +336,60 @@ class LocalNode:
         self._pool_templates.pop(kind, None)
 
     def has_artifact(self, artifact: Artifact) -> bool:
-        return not self.layers.missing(artifact.layers)
+        if artifact.saved and self.runtime is None:
+            return True  # known once the runtime is up; a create finds out
+        return not self._missing(artifact)
 
     async def forget_artifacts(self, keep: list[Artifact], drop: list[Artifact]) -> None:
+        kept_keys = {a.key for a in keep}
         if self._pool is not None:
-            kept = {a.key for a in keep}
             for artifact in drop:
-                if artifact.key not in kept:
+                if artifact.key not in kept_keys:
                     self._unpool(artifact.key)
-        # Sandboxes of a deleted template keep running, and paused ones can resume.
-        held = [s.artifact for s in [*self._sandboxes.values(), *self._paused.values()]]
-        kept = [*keep, *self._builtins.values(), *(a for a in held if a is not None)]
+        # Sandboxes of a deleted template keep running, and paused ones can resume:
+        # what only they use goes when they do (see `_remove_orphans`).
+        kept = [*keep, *self._builtins.values()]
         used = {key for a in kept for key in a.layers}
+        held = {key for a in self._held_artifacts() for key in a.layers}
         doomed = {key for a in drop for key in a.layers} - used
+        saved = {key for key in doomed if self.saved_layers.has(key)}
+        await asyncio.to_thread(self.saved_layers.orphan, sorted(saved & held))
+        await asyncio.to_thread(self.saved_layers.remove, sorted(saved - held))
+        if doomed - saved - held:
+            await asyncio.to_thread(self.layers.remove, sorted(doomed - saved - held))
+        states = sorted({a.saved for a in drop if a.saved} - kept_keys)
+        if states and self.runtime is not None:
+            await self.runtime.forget_saved(states)
+
+    def _held_artifacts(self) -> list[Artifact]:
+        held = [s.artifact for s in [*self._sandboxes.values(), *self._paused.values()]]
+        return [a for a in held if a is not None]
+
+    async def _remove_orphans(self) -> list[str]:
+        """Remove the saved layers no artifact keeps that no sandbox here uses now."""
+        held = {key for a in self._held_artifacts() for key in a.layers}
+        orphans = await asyncio.to_thread(self.saved_layers.orphans)
+        doomed = [key for key in orphans if key not in held]
         if doomed:
-            await asyncio.to_thread(self.layers.remove, sorted(doomed))
+            await asyncio.to_thread(self.saved_layers.remove, doomed)
+        return doomed
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    async def snapshot(self, sandbox_id: str, *, memory: bool = True) -> Artifact:
+        await self.start()
+        assert self.runtime is not None
+        async with self._lock(sandbox_id):
+            held = self._sandboxes.get(sandbox_id) or self._paused.get(sandbox_id)
+            if held is None:
+                raise SandboxNotFound(sandbox_id)
+            artifact = held.artifact
+            if artifact is None:
+                raise PauseNotSupported(
+                    f"sandbox {sandbox_id} records no template to snapshot over: the isolated"
+                    " runtime keeps no files of its own (use the container runtime)"
+                )
+            return await self.runtime.snapshot(held, artifact, memory, self.saved_layers)
 
     async def _ensure_builder(self) -> Builder:
         if self._builder is not None:
@@ -450,7 +515,10 @@ class LocalNode:
                 await sandbox.stop()
             elif paused is not None:
                 await paused.discard()
-            return sandbox is not None or paused is not None
+            else:
+                return False
+        await self._remove_orphans()
+        return True
 
     async def pause(self, sandbox_id: str, *, memory: bool = True) -> bool:
         async with self._lock(sandbox_id):
@@ -660,6 +728,30 @@ class _ContainerDriver:
         found, self._adopted_paused = self._adopted_paused, {}
         return found
 
+    async def snapshot(
+        self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
+    ) -> Artifact:
+        """The sandbox's files as one more layer. Its memory is not kept: CRIU cannot
+        checkpoint on the kernels this runs on, so its creates run the template's start
+        command again over the files."""
+        from hearth.node.runtime.container import PausedContainer
+
+        sandbox = held.sandbox if isinstance(held, PausedContainer) else held
+        key = "snap" + secrets.token_hex(14)
+
+        def capture(fs: Path) -> dict:
+            self.runtime.capture(sandbox, fs)
+            return {"snapshot of": sandbox.api_id}
+
+        await to_thread_to_the_end(layers.ensure, key, capture)
+        return replace(artifact, layers=(*artifact.layers, key), saved=None, memory=False)
+
+    def has_saved(self, name: str) -> bool:
+        return False
+
+    async def forget_saved(self, names: list[str]) -> None:
+        return None
+
     async def warm(
         self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
     ) -> None:
@@ -783,6 +875,20 @@ class _IsolatedDriver:
 
     async def reconcile_paused(self) -> dict[str, _Paused]:
         return {}
+
+    async def snapshot(
+        self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
+    ) -> Artifact:
+        raise PauseNotSupported(
+            "the isolated runtime keeps no files of its own to snapshot: use the container"
+            " runtime (hearth serve --runtime container)"
+        )
+
+    def has_saved(self, name: str) -> bool:
+        return False
+
+    async def forget_saved(self, names: list[str]) -> None:
+        return None
 
     async def warm(
         self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int

@@ -85,6 +85,7 @@ class Template:
     build_count: int
     spawn_count: int
     last_spawned_at: datetime | None
+    snapshot_of: str | None = None  # a snapshot's: the sandbox it was taken of
 
 
 @dataclass(frozen=True, slots=True)

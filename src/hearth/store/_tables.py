@@ -131,6 +131,8 @@ templates = sa.Table(
     sa.Column("build_count", sa.Integer(), nullable=False),
     sa.Column("spawn_count", sa.Integer(), nullable=False),
     sa.Column("last_spawned_at", UTCDateTime()),
+    # A snapshot's template: the sandbox it was taken of (None: a built template).
+    sa.Column("snapshot_of", sa.String(64), index=True),
 )
 
 # One row per alias: an alias names one template across the installation, as in E2B.

@@ -33,10 +33,12 @@ class TemplateStore(StoreBase):
         build_id: str | None = None,
         aliases: Iterable[str] | None = None,
         public: bool | None = None,
+        snapshot_of: str | None = None,
     ) -> Template:
         """Create a template or update the team's own. `aliases` replaces its aliases,
         `public` and `build_id` replace theirs; None keeps each (a new template is
-        private unless `team_id` is None). A changed `build_id` counts a build.
+        private unless `team_id` is None). A changed `build_id` counts a build. A new
+        template with `snapshot_of` is the snapshot of that sandbox.
 
         `Conflict` if the template is another team's, or an alias already names another
         template (as its alias or its id).
@@ -73,6 +75,7 @@ class TemplateStore(StoreBase):
                     build_count=int(new_build),
                     spawn_count=0,
                     last_spawned_at=None,
+                    snapshot_of=snapshot_of,
                 )
                 await conn.execute(sa.insert(templates).values(values))
             else:
@@ -111,11 +114,16 @@ class TemplateStore(StoreBase):
             found = await _templates(conn, _named(id_or_alias))
         return found[0] if found else None
 
-    async def list_templates(self, team_id: str, *, include_public: bool = False) -> list[Template]:
-        """The team's templates (and every public one, if asked), oldest first."""
+    async def list_templates(
+        self, team_id: str, *, include_public: bool = False, snapshots: bool = False
+    ) -> list[Template]:
+        """The team's templates (and every public one, if asked), oldest first; with
+        `snapshots`, the team's snapshots instead."""
         where = templates.c.team_id == team_id
         if include_public:
             where = sa.or_(where, templates.c.public.is_(True))
+        snapshot_of = templates.c.snapshot_of
+        where = sa.and_(where, snapshot_of.is_not(None) if snapshots else snapshot_of.is_(None))
         async with self._read() as conn:
             return await _templates(conn, where)
 

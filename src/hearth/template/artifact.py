@@ -26,11 +26,18 @@ class Artifact:
     # Whether the ready command was given (else E2B's default, which a create that
     # starts cold need not wait for: the build proved the start command comes up).
     ready_explicit: bool = False
+    # A sandbox's state saved by the node that ran it (a microVM's disk, and with
+    # `memory` its RAM and devices): creates restore it instead of booting the layers,
+    # which stay to say what it was made of. None: the layers are the whole artifact
+    # (a container snapshot adds a layer of the files it captured).
+    saved: str | None = None
+    memory: bool = False  # whether a create continues the captured processes
 
     @property
     def key(self) -> str:
-        """Names the artifact's files (its top layer): what snapshots are cached by."""
-        return self.layers[-1]
+        """Names the artifact's files (its saved state, else its top layer): what pools
+        and template snapshots are keyed by."""
+        return self.saved or self.layers[-1]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"layers": list(self.layers)}

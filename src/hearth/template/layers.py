@@ -27,6 +27,7 @@ from hearth.node.disk.cache import ensure_dir, read_stamp, remove_unmounted
 LAYER_KEY = re.compile(r"[0-9a-z-]{8,80}")
 FS = "fs"  # the layer's files, one level down so the stamp stays out of them
 META = "meta.json"
+ORPHANED = "orphaned"  # beside FS: no artifact keeps the layer, only sandboxes using it
 # Written into every build sandbox's upper layer by the runtime, not by the step.
 SANDBOX_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 
@@ -91,6 +92,18 @@ class LayerStore:
             (tmp / META).write_text(json.dumps(meta or {}, sort_keys=True))
 
         return ensure_dir(entry, stamp, make) / FS
+
+    def orphan(self, keys: Iterable[str]) -> None:
+        """Mark layers that nothing needs once the sandboxes using them are gone (a
+        deleted snapshot's, a finished fork's): `orphans()` names them for removal."""
+        for key in keys:
+            if self.has(key):
+                (self.root / key / ORPHANED).touch()
+
+    def orphans(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{ORPHANED}"))
 
     def remove(self, keys: Iterable[str]) -> None:
         """Delete these layers, each once no mount namespace uses it (a running

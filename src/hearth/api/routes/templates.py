@@ -3,17 +3,14 @@ logs, list, get, publish, tag and delete templates (spec §2.5, §5)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from hearth.api._auth import CurrentTeam
 from hearth.api._deps import TemplatesDep
 from hearth.api._errors import ApiError
+from hearth.api._paging import paginate
 from hearth.api._uploads import UPLOAD_PATH
 from hearth.api.routes.template_schemas import (
     AssignedTemplateTags,
@@ -38,7 +35,6 @@ from hearth.api.routes.template_schemas import (
 from hearth.store import MAX_PAGE
 
 router = APIRouter()
-T = TypeVar("T")
 
 # Routes with a fixed segment come before the `{template_id}` ones they would match.
 
@@ -197,7 +193,7 @@ async def list_templates_v2(
 ) -> list[TemplateOut]:
     _check_team(team.id, team_id)
     found = await templates.list_all(team)
-    page, token = _paginate(
+    page, token = paginate(
         found, lambda f: [f[0].created_at.timestamp(), f[0].template_id], limit, next_token
     )
     if token:
@@ -216,7 +212,7 @@ async def get_template(
 ) -> TemplateWithBuilds:
     """The template with its builds, newest first, a page at a time."""
     template, builds = await templates.get(team, template_id)
-    page, token = _paginate(
+    page, token = paginate(
         builds,
         lambda b: [-b.created_at.timestamp(), b.build_id],
         limit,
@@ -272,25 +268,3 @@ def _base_url(request: Request) -> str:
     if scheme in ("http", "https"):
         base = scheme + base[base.index(":") :]
     return base
-
-
-def _paginate(
-    items: Sequence[T], key: Callable[[T], list[Any]], limit: int, token: str | None
-) -> tuple[list[T], str | None]:
-    """The page after `token` of `items` (sorted ascending by `key`) and the token of the
-    next one, if any. Tokens name a position, not an item: deletions do not break them."""
-    if token:
-        try:
-            after = json.loads(base64.urlsafe_b64decode(token.encode()))
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise ApiError(400, "invalid nextToken") from None
-        if not isinstance(after, list):
-            raise ApiError(400, "invalid nextToken")
-        try:
-            items = [i for i in items if key(i) > after]
-        except TypeError:
-            raise ApiError(400, "invalid nextToken") from None
-    page = list(items[:limit])
-    if len(items) <= limit or not page:
-        return page, None
-    return page, base64.urlsafe_b64encode(json.dumps(key(page[-1])).encode()).decode()

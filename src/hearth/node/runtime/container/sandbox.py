@@ -410,6 +410,31 @@ class ContainerRuntime:
         log.info("sandbox %s resumed", record.sandbox_id)
         return sandbox
 
+    # --- snapshot -----------------------------------------------------------------------
+
+    def capture(self, sandbox: ContainerSandbox, dest: Path) -> None:
+        """Copy the sandbox's files as they are now (its upper layer) into the empty
+        directory `dest`, in layer form: owned by the ids they have inside, without the
+        files the runtime writes. A running container is frozen for the copy only, so
+        that it is one moment's; its processes then go on. Blocking: run in a thread."""
+        from hearth.template.layers import shift_ids, strip_sandbox_files
+
+        record = sandbox.record
+        freeze = record.paused is None
+        if freeze:
+            self.oci.pause(record.sandbox_id)
+        try:
+            subprocess.run(
+                ["cp", "-a", "--reflink=auto", f"{sandbox.directory / 'upper'}/.", str(dest)],
+                check=True,
+                capture_output=True,
+            )
+        finally:
+            if freeze:
+                self.oci.resume(record.sandbox_id)
+        shift_ids(dest, ID_BASE + record.id_block * ID_COUNT, ID_COUNT)
+        strip_sandbox_files(dest, lower_layers(record))
+
     def _rewire(self, directory: Path, record: SandboxRecord, slot: NetworkSlot) -> None:
         """Point a stopped sandbox's config and /etc/hosts at its new network slot."""
         path = directory / "config.json"
