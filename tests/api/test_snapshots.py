@@ -11,7 +11,10 @@ memory (tests/microvm).
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,14 +22,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import Sandbox, SandboxException
+from e2b import Sandbox, SandboxException, Template, wait_for_port
 from e2b.exceptions import RateLimitException
 
-from .conftest import Hearth, serve_containers, served_containers, team_key
+from .conftest import Hearth, npm_installed, serve_containers, served_containers, team_key
 
 pytestmark = pytest.mark.root
 
-ID = re.compile(r"[a-z0-9]{20}")
+NPM = Path(__file__).parents[1] / "sdk" / "npm"
+JS_SNAPSHOTS = Path(__file__).with_name("snapshot_fork.mjs")
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +318,62 @@ def test_snapshots_survive_a_restart(container_data_dir: Path) -> None:
     finally:
         assert server.stop()
     assert not any((container_data_dir / "node" / "layers").glob("snap*"))
+
+
+def test_npm_sdk_snapshots_and_forks(hearth: Hearth) -> None:
+    npm_installed(NPM, "e2b")
+    name = _unique("js-snap")
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", JS_SNAPSHOTS.read_text()],
+        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
+        env={**os.environ, **hearth.env(), "HEARTH_SNAPSHOT_NAME": name},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            _, key, value = line.split(" ", 2)
+            results.setdefault(key, []).append(json.loads(value))
+    snapshot_id = f"default/{name}:default"
+    assert results["snapshot"] == [{"snapshotId": snapshot_id, "names": [f"default/{name}"]}]
+    assert results["listed"] == [[snapshot_id]]
+    assert results[f"read:{snapshot_id}"] == ["from js"]
+    assert results[f"read:{name}"] == ["from js"]
+    assert results["forks"] == [2]
+    assert results["fork-read"] == ["from js", "from js"]
+    assert results["running"] == [True]
+    assert results["deleted"] == [True]
+    assert results["deleted-again"] == [False]
+
+
+def test_a_container_snapshot_starts_its_templates_start_command_again(
+    api: httpx.Client,
+) -> None:
+    """Files, not memory, on containers: the template's start command runs again in a
+    sandbox of the snapshot (and is ready before the create answers)."""
+    name = _unique("served")
+    Template.build(
+        Template()
+        .from_template("base")
+        .set_start_cmd("cd /home/user && python3 -m http.server 8000", wait_for_port(8000)),
+        name,
+    )
+    source = Sandbox.create(name)
+    try:
+        source.files.write("/home/user/page.txt", "served again")
+        snapshot = source.create_snapshot()
+        copy = Sandbox.create(snapshot.snapshot_id)
+        try:
+            page = copy.commands.run(
+                'python3 -c "import urllib.request as u; print(u.urlopen('
+                "'http://127.0.0.1:8000/page.txt').read().decode())\""
+            )
+            assert page.stdout == "served again\n"
+        finally:
+            copy.kill()
+        assert Sandbox.delete_snapshot(snapshot.snapshot_id)
+    finally:
+        source.kill()
+        api.delete(f"/templates/{name}")

@@ -1,8 +1,8 @@
 """The templates every installation has, written as recipes like any user's.
 
 - `busybox` and `debian`: the built-in roots (for envd alone and the node's tests).
-- `base`: what `Sandbox.create()` starts, as in E2B's base image: Debian with python3,
-  pip, venv, nodejs, npm, git, curl and sudo for `user`.
+- `base`: what `Sandbox.create()` starts, as in E2B's base image: Debian with python3
+  (also as `python`), pip, venv, nodejs, npm, git, curl and sudo for `user`.
 - `code-interpreter-v1`: `base` plus Jupyter kernels (ipykernel, bash_kernel, deno,
   IRkernel), the pinned data stack and Hearth's interpreter server on port 49999,
   started by the template's start command. Its files (the package list, the server's
@@ -22,7 +22,19 @@ BASE = "base"
 CODE_INTERPRETER = "code-interpreter-v1"
 ROOTS = ("busybox", "debian")
 
-BASE_PACKAGES = ("python3-pip", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates")
+# python-is-python3: `python` is python3, as in E2B's base image (a python:3 image).
+BASE_PACKAGES = (
+    "python3-pip",
+    "python3-venv",
+    "python-is-python3",
+    "nodejs",
+    "npm",
+    "git",
+    "curl",
+    "ca-certificates",
+    "iproute2",  # `ss`: the SDKs' wait_for_port ready command
+    "procps",  # ps, top, free
+)
 # R and IRkernel from Debian (CRAN's binaries are not on the archive).
 INTERPRETER_APT = ("r-cran-irkernel",)
 REQUIREMENTS = Path(__file__).with_name("code_interpreter_requirements.txt")
