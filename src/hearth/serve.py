@@ -17,9 +17,10 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -40,6 +41,7 @@ from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The templates every installation has, built from their recipes at start: `base` (what
 # `Sandbox.create()` asks for) before the server listens, the code interpreter's after.
@@ -438,6 +440,12 @@ class ServerThread:
             raise self.error
         assert self.running is not None
         return self.running
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 600) -> T:
+        """Run `coroutine` on the server's loop and wait for its result (benchmarks
+        and tests that reach into the running node or store)."""
+        assert self._loop is not None, "start() first"
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def stop(self, timeout: float = 120) -> bool:
         """Stop it; True once the thread has ended."""
