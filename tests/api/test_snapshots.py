@@ -11,13 +11,16 @@ memory (tests/microvm).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -377,3 +380,47 @@ def test_a_container_snapshot_starts_its_templates_start_command_again(
     finally:
         source.kill()
         api.delete(f"/templates/{name}")
+
+
+def test_what_arrives_during_a_snapshot(api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Infra's answers while a snapshot is being taken: another snapshot of the sandbox is
+    a 409, a pause waits for it and is a 204, and a resume of a paused sandbox whose
+    snapshot is being taken is a 409. The node's capture is held open to make it so."""
+    from hearth.node.local import LocalNode
+
+    entered, gate = threading.Event(), threading.Event()
+    capture = LocalNode.snapshot
+
+    async def held(self, sandbox_id: str, *, memory: bool = True):
+        entered.set()
+        await asyncio.to_thread(gate.wait)
+        return await capture(self, sandbox_id, memory=memory)
+
+    monkeypatch.setattr(LocalNode, "snapshot", held)
+    source = Sandbox.create("base")
+    sid = source.sandbox_id
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(api.post, f"/sandboxes/{sid}/snapshots", json={})
+            entered.wait()
+            assert "being snapshotted" in _error(
+                api.post(f"/sandboxes/{sid}/snapshots", json={}), 409
+            )
+            pause = pool.submit(api.post, f"/sandboxes/{sid}/pause")
+            gate.set()
+            assert first.result().status_code == 201, first.result().text
+            assert pause.result().status_code == 204, pause.result().text
+
+            entered.clear()
+            gate.clear()
+            second = pool.submit(api.post, f"/sandboxes/{sid}/snapshots", json={})
+            entered.wait()
+            assert "being snapshotted" in _error(
+                api.post(f"/sandboxes/{sid}/connect", json={"timeout": 60}), 409
+            )
+            gate.set()
+            assert second.result().status_code == 201, second.result().text
+        assert api.post(f"/sandboxes/{sid}/connect", json={"timeout": 60}).status_code == 201
+    finally:
+        gate.set()
+        source.kill()
