@@ -220,12 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             server = ServerThread(options)
             running = server.start()
-            os.environ.update(
-                E2B_API_KEY=running.api_key or "",
-                E2B_API_URL=running.api_url,
-                E2B_SANDBOX_URL=running.sandbox_url,
-                E2B_DOMAIN=running.domain,
-            )
+            os.environ.update(running.environment())
             print(f"hearth serve at {running.api_url}, data in {data_dir}", flush=True)
             bench = InterpreterBench(
                 "container",

@@ -136,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             server = ServerThread(options)
             running = server.start()
-            os.environ.update(
-                E2B_API_KEY=running.api_key or "",
-                E2B_API_URL=running.api_url,
-                E2B_SANDBOX_URL=running.sandbox_url,
-                E2B_DOMAIN=running.domain,
-            )
+            os.environ.update(running.environment())
             os.environ.pop("E2B_DEBUG", None)
 
             first, template_id = build(PIP_PACKAGES[0])

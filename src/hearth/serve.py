@@ -83,15 +83,20 @@ class Running:
     store: Store
     app: object = field(repr=False)
 
+    def environment(self) -> dict[str, str]:
+        """The variables of spec §1.6 recipe A that point the SDKs here (the key only
+        when it is known)."""
+        key = {"E2B_API_KEY": self.api_key} if self.api_key else {}
+        return {
+            **key,
+            "E2B_API_URL": self.api_url,
+            "E2B_SANDBOX_URL": self.sandbox_url,
+            "E2B_DOMAIN": self.domain,
+        }
+
     def recipe(self) -> list[str]:
-        """The `export` lines of spec §1.6 recipe A (the key only when it is known)."""
-        lines = [f"export E2B_API_KEY={self.api_key}"] if self.api_key else []
-        return [
-            *lines,
-            f"export E2B_API_URL={self.api_url}",
-            f"export E2B_SANDBOX_URL={self.sandbox_url}",
-            f"export E2B_DOMAIN={self.domain}",
-        ]
+        """The `export` lines of recipe A."""
+        return [f"export {name}={value}" for name, value in self.environment().items()]
 
 
 async def serve(

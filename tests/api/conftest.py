@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -148,6 +149,27 @@ def npm_installed(directory: Path, package: str) -> Path:
         )
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return modules
+
+
+def run_npm_script(script: Path, env: dict[str, str]) -> dict[str, list]:
+    """Run a Node script with the npm `e2b` SDK of tests/sdk/npm; returns the values it
+    printed as `RESULT <key> <json>` lines, by key, in order."""
+    npm = ROOT / "tests" / "sdk" / "npm"
+    npm_installed(npm, "e2b")
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script.read_text()],
+        cwd=npm,  # resolves `e2b` from its node_modules
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results: dict[str, list] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            _, key, value = line.split(" ", 2)
+            results.setdefault(key, []).append(json.loads(value))
+    return results
 
 
 def team_key(hearth: Hearth, team_name: str) -> str:

@@ -12,10 +12,7 @@ memory (tests/microvm).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -28,11 +25,10 @@ import pytest
 from e2b import Sandbox, SandboxException, Template, wait_for_port
 from e2b.exceptions import RateLimitException
 
-from .conftest import Hearth, npm_installed, serve_containers, served_containers, team_key
+from .conftest import Hearth, run_npm_script, serve_containers, served_containers, team_key
 
 pytestmark = pytest.mark.root
 
-NPM = Path(__file__).parents[1] / "sdk" / "npm"
 JS_SNAPSHOTS = Path(__file__).with_name("snapshot_fork.mjs")
 
 
@@ -324,21 +320,8 @@ def test_snapshots_survive_a_restart(container_data_dir: Path) -> None:
 
 
 def test_npm_sdk_snapshots_and_forks(hearth: Hearth) -> None:
-    npm_installed(NPM, "e2b")
     name = _unique("js-snap")
-    done = subprocess.run(
-        ["node", "--input-type=module", "-e", JS_SNAPSHOTS.read_text()],
-        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
-        env={**os.environ, **hearth.env(), "HEARTH_SNAPSHOT_NAME": name},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, key, value = line.split(" ", 2)
-            results.setdefault(key, []).append(json.loads(value))
+    results = run_npm_script(JS_SNAPSHOTS, {**hearth.env(), "HEARTH_SNAPSHOT_NAME": name})
     snapshot_id = f"default/{name}:default"
     assert results["snapshot"] == [{"snapshotId": snapshot_id, "names": [f"default/{name}"]}]
     assert results["listed"] == [[snapshot_id]]

@@ -10,10 +10,7 @@ can search, as the container runtime needs.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,12 +20,11 @@ import httpx
 import pytest
 from e2b import BuildException, Sandbox, SandboxException, Template
 
-from .conftest import Hearth, npm_installed, serve_containers, served_containers, team_key
+from .conftest import Hearth, run_npm_script, serve_containers, served_containers, team_key
 
 pytestmark = pytest.mark.root
 
 ID = re.compile(r"[a-z0-9]{20}")
-NPM = Path(__file__).parents[1] / "sdk" / "npm"
 JS_BUILD = Path(__file__).with_name("template_build.mjs")
 
 
@@ -479,21 +475,9 @@ def test_the_newest_tag_assignment_wins() -> None:
 
 
 def test_npm_sdk_builds_a_template(hearth: Hearth) -> None:
-    npm_installed(NPM, "e2b")
     name = _unique("npm")
-    result = subprocess.run(
-        ["node", "--input-type=module", "-e", JS_BUILD.read_text()],
-        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
-        env={**os.environ, **hearth.env(), "HEARTH_TEMPLATE_NAME": name},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    results = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, key, value = line.split(" ", 2)
-            results[key] = json.loads(value)
+    printed = run_npm_script(JS_BUILD, {**hearth.env(), "HEARTH_TEMPLATE_NAME": name})
+    results = {key: values[-1] for key, values in printed.items()}
     assert ID.fullmatch(results["info"]["templateId"])
     assert set(results["info"]["tags"]) == {"default", "js"}
     assert results["uploaded"] is True and results["exists"] is True
