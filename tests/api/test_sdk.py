@@ -95,6 +95,14 @@ def test_commands_and_files(sandbox: Sandbox) -> None:
     assert result.stdout == "1\n2\n3\n" == "".join(out)
 
 
+def test_python_is_python3(sandbox: Sandbox) -> None:
+    # E2B's base image is a python:3 image: `python` and `python3` are the same one.
+    assert sandbox.commands.run("python -c 'print(1)'").stdout == "1\n"
+    versions = sandbox.commands.run("python --version && python3 --version").stdout
+    first, second = versions.splitlines()
+    assert first == second and first.startswith("Python 3.")
+
+
 def test_large_file_round_trip(sandbox: Sandbox) -> None:
     data = bytes(range(256)) * (40 * 1024 * 4)  # 40 MiB through the gateway both ways
     sandbox.files.write("big.bin", data)

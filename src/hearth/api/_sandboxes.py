@@ -301,8 +301,12 @@ class Sandboxes:
     # --- change ------------------------------------------------------------------------
 
     async def set_timeout(self, team: Team, sandbox_id: str, seconds: int) -> None:
-        """`endAt = now + seconds`, in both directions; 0 expires it at once."""
+        """`endAt = now + seconds`, in both directions; 0 expires it at once. A paused
+        sandbox has no end to set: 404, as infra answers (SDKs 2.0-2.5 resume on it)."""
         self._check_timeout(seconds)
+        current = await self._store.get_sandbox(team.id, sandbox_id)
+        if current is None or current.state is SandboxState.PAUSED:
+            raise sandbox_not_found(sandbox_id)
         sandbox = await self._store.set_end_at(
             sandbox_id, now() + timedelta(seconds=seconds), team_id=team.id
         )

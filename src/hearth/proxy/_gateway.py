@@ -26,9 +26,11 @@ import h11
 
 from hearth.node.interface import SandboxAddress
 from hearth.proxy import _routing as routing
+from hearth.proxy._connect import stream_end_message
 from hearth.proxy._pages import looks_like_browser, render
 from hearth.proxy._relay import SWITCHED, Broken, Connect, Peer, Upstream, UpstreamFailed, exchange
-from hearth.proxy._routing import Refusal, ToApi, ToSandbox
+from hearth.proxy._routing import Refusal, ToApi, ToSandbox, Unnamed
+from hearth.proxy._streams import SandboxStreams
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class _Target:
     sandbox_id: str | None = None
     port: int = 0
     host: bytes | None = None  # replaces the request's Host header
+    address: str = ""  # where the sandbox ran when the request was routed
 
 
 class Gateway:
@@ -99,6 +102,7 @@ class Gateway:
         self._domains = tuple(d.lower() for d in domains)
         self._api_socket = api_socket
         self._connections: set[asyncio.Task[None]] = set()
+        self._streams = SandboxStreams(self._host_of)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -138,6 +142,7 @@ class Gateway:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._streams.aclose()
 
     # --- one request -------------------------------------------------------------------
 
@@ -156,12 +161,13 @@ class Gateway:
 
     async def _decide(self, request: h11.Request) -> _Target | Refusal:
         headers = _first_values(request.headers)
-        where = routing.classify(headers, domains=self._domains, api=self._api_socket is not None)
+        where = routing.classify(
+            headers, request.target, domains=self._domains, api=self._api_socket is not None
+        )
+        if isinstance(where, Unnamed):
+            where = self._meant_for(request, headers)
         if isinstance(where, ToApi):
-            signed = self._signed_files_sandbox(request)
-            if signed is None:
-                return self._api_target()
-            where = ToSandbox(signed, routing.ENVD_PORT)
+            return self._api_target()
         if isinstance(where, Refusal):
             return where
         refusal = routing.reserved(where.port, request.target)
@@ -201,8 +207,49 @@ class Gateway:
         mask = route.mask_request_host
         masked = mask.replace("${PORT}", str(where.port)).encode() if mask else None
         return _Target(
-            ("sandbox", where.sandbox_id, host, port), connect, where.sandbox_id, where.port, masked
+            ("sandbox", where.sandbox_id, host, port),
+            connect,
+            where.sandbox_id,
+            where.port,
+            masked,
+            host,
         )
+
+    def _host_of(self, sandbox_id: str) -> str | None:
+        route = self._directory.route(sandbox_id)
+        return route.address.host if route is not None else None
+
+    def _meant_for(
+        self, request: h11.Request, headers: dict[bytes, bytes]
+    ) -> ToApi | ToSandbox | Refusal:
+        """Where a request that names no sandbox goes: to the sandbox that its signed
+        `/files` URL or its envd access token belongs to, else to the API (on a listener
+        without the API, nowhere)."""
+        named = self._signed_files_sandbox(request) or self._token_sandbox(request, headers)
+        if isinstance(named, str):
+            return ToSandbox(named, routing.ENVD_PORT)
+        if named is not None:
+            return named
+        return ToApi() if self._api_socket is not None else routing.invalid_host()
+
+    def _token_sandbox(
+        self, request: h11.Request, headers: dict[bytes, bytes]
+    ) -> str | Refusal | None:
+        """The sandbox whose envd access token a request to one of envd's paths carries.
+
+        e2b 2.8 to 2.13 (npm) send their envd HTTP calls (`/files`, `/health`) to
+        `E2B_SANDBOX_URL` with the token but without the routing headers (their envd
+        client drops its headers). The API takes no such token, and a token names one
+        sandbox; one that no running sandbox has is a sandbox not found (a paused or
+        killed one's: `isRunning()` is then False, as it is at E2B).
+        """
+        token = headers.get(b"x-access-token")
+        if token is None or not routing.envd_path(request.target):
+            return None
+        for sandbox_id, expected in self._directory.secured():
+            if hmac.compare_digest(token, expected.encode()):
+                return sandbox_id
+        return routing.not_found("")
 
     def _signed_files_sandbox(self, request: h11.Request) -> str | None:
         """The sandbox a signed `/files` URL was made for.
@@ -255,10 +302,11 @@ class Gateway:
                 await self._refuse(client, request, self._unreachable(target))
                 return None
         try:
-            outcome = await exchange(client, request, upstream, host=target.host)
+            outcome = await self._exchange(client, request, target, upstream)
         except UpstreamFailed as failure:
             await upstream.aclose()
-            if reused and not failure.responded and not failure.body_sent:
+            replayable = reused and not failure.responded and not failure.body_sent
+            if replayable and self._leads_there(target):
                 # A kept connection the upstream had closed meanwhile: replay once.
                 return await self._forward(client, request, target, None)
             if failure.responded:
@@ -277,6 +325,26 @@ class Gateway:
             return upstream
         await upstream.aclose()
         return None
+
+    async def _exchange(
+        self, client: Peer, request: h11.Request, target: _Target, upstream: Upstream
+    ) -> str | None:
+        if target.sandbox_id is None:
+            return await exchange(client, request, upstream, host=target.host)
+        # Held while it runs: should the sandbox go (killed, paused), the connection is
+        # cut, and a command's stream ends as E2B's proxy ends it.
+        with self._streams.held(target.sandbox_id, target.address, upstream.peer):
+            return await exchange(
+                client,
+                request,
+                upstream,
+                host=target.host,
+                stream_end=stream_end_message(target.sandbox_id),
+            )
+
+    def _leads_there(self, target: _Target) -> bool:
+        """Whether `target` still reaches what the request was routed to."""
+        return target.sandbox_id is None or self._host_of(target.sandbox_id) == target.address
 
     def _unreachable(self, target: _Target) -> Refusal:
         if target.sandbox_id is None:

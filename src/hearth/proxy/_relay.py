@@ -19,6 +19,8 @@ from typing import Literal
 
 import h11
 
+from hearth.proxy._connect import StreamEnvelopes
+
 READ_SIZE = 256 * 1024
 MAX_HEAD = 64 * 1024
 # Hop-by-hop headers that describe one connection, not the message: each side of the
@@ -144,11 +146,18 @@ SWITCHED = "switched"
 
 
 async def exchange(
-    client: Peer, request: h11.Request, upstream: Upstream, *, host: bytes | None = None
+    client: Peer,
+    request: h11.Request,
+    upstream: Upstream,
+    *,
+    host: bytes | None = None,
+    stream_end: str | None = None,
 ) -> str | None:
     """Send `request` (whose body is still to come from `client`) upstream and relay the
     answer, with `host` as its Host header if given. Returns SWITCHED after a protocol
-    upgrade, which has then run to its end.
+    upgrade, which has then run to its end. With `stream_end`, a Connect stream the
+    upstream breaks off at an envelope boundary is ended for the client with that
+    message (`_connect`), instead of breaking.
 
     Raises Broken("client") if the client went away, UpstreamFailed if the upstream did.
     If the upstream answered before the whole body went up, the rest stays unread: the
@@ -165,7 +174,7 @@ async def exchange(
         raise UpstreamFailed(responded=False, body_sent=False) from e
 
     pump = asyncio.create_task(_pump_request(client, upstream.peer, progress))
-    relay = asyncio.create_task(_relay_response(client, upstream.peer, progress))
+    relay = asyncio.create_task(_relay_response(client, upstream.peer, progress, stream_end))
     try:
         # The pump never ends by itself (it watches the client once the body is through):
         # it finishes first only by failing.
@@ -233,7 +242,7 @@ async def _pump_request(client: Peer, upstream: Peer, progress: _Progress) -> No
 
 
 async def _relay_response(
-    client: Peer, upstream: Peer, progress: _Progress
+    client: Peer, upstream: Peer, progress: _Progress, stream_end: str | None
 ) -> h11.InformationalResponse | None:
     """Relay the answer; a 101 is returned unsent, for `_switch`."""
     while True:
@@ -260,12 +269,23 @@ async def _relay_response(
         )
     )
     progress.responded = True
+    envelopes = StreamEnvelopes.of(event) if stream_end is not None else None
     while True:
-        event = await upstream.next_event()
+        try:
+            event = await upstream.next_event()
+        except Broken:
+            event = h11.ConnectionClosed()
         if isinstance(event, h11.Data):
+            if envelopes is not None:
+                envelopes.advance(event.data)
             await client.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             await client.send(h11.EndOfMessage(headers=event.headers))
+            return None
+        elif envelopes is not None and envelopes.at_boundary():
+            assert stream_end is not None
+            await client.send(h11.Data(data=StreamEnvelopes.unavailable(stream_end)))
+            await client.send(h11.EndOfMessage())
             return None
         else:
             raise Broken("upstream", "closed in the middle of the response body")
@@ -300,8 +320,8 @@ async def splice(
 ) -> None:
     """Copy bytes both ways; a clean EOF is passed on as a half-close, an error ends both."""
     tasks = [
-        asyncio.create_task(_copy(a_reader, b_writer)),
-        asyncio.create_task(_copy(b_reader, a_writer)),
+        asyncio.create_task(_copy(a_reader, b_writer, a_writer)),
+        asyncio.create_task(_copy(b_reader, a_writer, b_writer)),
     ]
     try:
         pending = set(tasks)
@@ -315,12 +335,18 @@ async def splice(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """True when the source ended cleanly and the EOF was passed on."""
+async def _copy(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: asyncio.StreamWriter
+) -> bool:
+    """True when the source ended cleanly and the EOF was passed on. An end that comes
+    from our aborting the source (`source`, its own writer: its sandbox went away) is
+    no clean end."""
     try:
         while data := await reader.read(READ_SIZE):
             writer.write(data)
             await writer.drain()
+        if source.transport.is_closing():
+            return False
         if writer.can_write_eof():
             writer.write_eof()
         return True

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
+from pydantic import AfterValidator
 
 from hearth.api._auth import CurrentTeam
 from hearth.api._deps import SandboxesDep, SettingsDep, StoreDep
@@ -35,6 +36,16 @@ from hearth.api.routes.sandbox_schemas import (
 from hearth.store import MAX_PAGE, InvalidCursor, SandboxState, Store, Team
 
 router = APIRouter()
+
+
+def _short_id(sandbox_id: str) -> str:
+    """The sandbox id of `{sandboxID}-{clientID}`, as the 1.x SDKs name a sandbox in API
+    paths (infra's `ShortID`); any other id as it is."""
+    parts = sandbox_id.split("-")
+    return parts[0] if len(parts) == 2 else sandbox_id
+
+
+SandboxId = Annotated[str, AfterValidator(_short_id)]
 
 
 # --- create ----------------------------------------------------------------------------
@@ -147,21 +158,21 @@ async def list_sandboxes_v2(
 # The parser crashes on a `network: null`; an absent optional field is always safe.
 @router.get("/sandboxes/{sandbox_id}", response_model_exclude_none=True)
 async def get_sandbox(
-    sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
+    sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
 ) -> SandboxDetail:
     return SandboxDetail.of_detail(await sandboxes.get(team, sandbox_id), settings.domain)
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def get_sandbox_metrics(
-    sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep
+    sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep
 ) -> list[SandboxMetric]:
     return [SandboxMetric(**m) for m in await sandboxes.metrics(team, sandbox_id)]
 
 
 @router.get("/sandboxes/{sandbox_id}/logs")
 async def get_sandbox_logs(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     store: StoreDep,
     start: int | None = None,
@@ -175,7 +186,7 @@ async def get_sandbox_logs(
 
 @router.get("/v2/sandboxes/{sandbox_id}/logs")
 async def get_sandbox_logs_v2(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     store: StoreDep,
     cursor: int | None = None,
@@ -185,7 +196,7 @@ async def get_sandbox_logs_v2(
 
 
 async def _log_entries(
-    store: Store, team: Team, sandbox_id: str, start_ms: int | None, limit: int
+    store: Store, team: Team, sandbox_id: SandboxId, start_ms: int | None, limit: int
 ) -> list[SandboxLogEntry]:
     if await store.get_sandbox(team.id, sandbox_id, include_killed=True) is None:
         raise sandbox_not_found(sandbox_id)
@@ -206,7 +217,9 @@ async def _log_entries(
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
-async def kill_sandbox(sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesDep) -> Response:
+async def kill_sandbox(
+    sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep
+) -> Response:
     if not await sandboxes.kill(team.id, sandbox_id):
         raise sandbox_not_found(sandbox_id)
     return Response(status_code=204)
@@ -214,7 +227,7 @@ async def kill_sandbox(sandbox_id: str, team: CurrentTeam, sandboxes: SandboxesD
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
 async def set_sandbox_timeout(
-    sandbox_id: str, body: TimeoutRequest, team: CurrentTeam, sandboxes: SandboxesDep
+    sandbox_id: SandboxId, body: TimeoutRequest, team: CurrentTeam, sandboxes: SandboxesDep
 ) -> Response:
     await sandboxes.set_timeout(team, sandbox_id, body.timeout)
     return Response(status_code=204)
@@ -222,7 +235,7 @@ async def set_sandbox_timeout(
 
 @router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
 async def refresh_sandbox(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     body: Annotated[RefreshRequest | None, Body()] = None,
@@ -233,7 +246,7 @@ async def refresh_sandbox(
 
 @router.post("/sandboxes/{sandbox_id}/connect")
 async def connect_sandbox(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     body: ConnectSandbox,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
@@ -248,7 +261,7 @@ async def connect_sandbox(
 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 async def connect_sandbox_v2(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,
@@ -263,7 +276,7 @@ async def connect_sandbox_v2(
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
 async def pause_sandbox(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     body: Annotated[PauseRequest | None, Body()] = None,
@@ -276,7 +289,7 @@ async def pause_sandbox(
 
 @router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
 async def resume_sandbox(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,

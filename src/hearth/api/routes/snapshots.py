@@ -14,6 +14,7 @@ from hearth.api._errors import ApiError
 from hearth.api._paging import paginate
 from hearth.api._snapshots import SnapshotInfo
 from hearth.api.routes.sandbox_schemas import SandboxCreated
+from hearth.api.routes.sandboxes import SandboxId
 from hearth.store import MAX_PAGE
 
 router = APIRouter()
@@ -47,7 +48,7 @@ def _out(info: SnapshotInfo) -> dict[str, Any]:
 
 @router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
 async def create_snapshot(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     snapshots: SnapshotsDep,
     body: Annotated[SnapshotRequest | None, Body()] = None,
@@ -78,7 +79,7 @@ async def list_snapshots(
 
 @router.post("/sandboxes/{sandbox_id}/fork", status_code=201)
 async def fork_sandbox(
-    sandbox_id: str,
+    sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,

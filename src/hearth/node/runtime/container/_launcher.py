@@ -13,7 +13,11 @@ _launcher.py SPEC`), so it may import only the standard library. It:
    the layers belong to the host's ids, and files are shared with every other sandbox;
 3. mounts an overlay of the idmapped layers (lower) and the sandbox's own directory
    (upper, owned by the sandbox's root on the host), and the bundle under it;
-4. execs the runtime, which builds the container from this namespace. The runtime's
+4. writes this boot's own boot id (a random UUID) to the bundle's `boot_id`, which
+   config.json binds over the kernel's `/proc/sys/kernel/random/boot_id`, so that each
+   launch is a new boot inside (bundle.py). runc refuses mounts inside /proc, so for
+   runc that bind becomes a `createContainer` hook that makes it;
+5. execs the runtime, which builds the container from this namespace. The runtime's
    process stays as the container's parent and the mounts live as long as the
    container: they disappear with its last process, with nothing to unmount on the host.
 """
@@ -44,6 +48,11 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x100000
+
+# As bundle.py names them (tests/unit/test_boot_id.py holds the two together).
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+BOOT_ID_FILE = "boot_id"
+MOUNT_BINARIES = ("/usr/bin/mount", "/bin/mount")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -146,6 +155,49 @@ def _mount_id_mapped(source: str, target: str, userns: int) -> None:
         os.close(tree)
 
 
+def _random_uuid() -> str:
+    """A version 4 UUID in the kernel's form (the uuid module costs 10 ms to import)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _new_boot_id(bundle: str, runtime: str) -> None:
+    """Write a fresh boot id for this launch; under runc, see that the config binds it
+    by a hook."""
+    path = os.path.join(bundle, BOOT_ID_FILE)
+    with open(f"{path}.new", "w") as f:
+        f.write(f"{_random_uuid()}\n")
+    os.chmod(f"{path}.new", 0o444)
+    os.replace(f"{path}.new", path)
+    if os.path.basename(runtime) == "runc":
+        _bind_boot_id_by_hook(os.path.join(bundle, "config.json"))
+
+
+def _bind_boot_id_by_hook(config_path: str) -> None:
+    """Turn config.json's bind over the boot id into a `createContainer` hook: runc
+    runs it in the container's namespaces after the mounts and before pivot_root (the
+    rootfs still at its host path), as the container's root, which may mount there.
+    Done once: the rewritten config has no such mount left."""
+    with open(config_path) as f:
+        config = json.load(f)
+    mounts = config.get("mounts", [])
+    bind = next((m for m in mounts if m.get("destination") == BOOT_ID_PATH), None)
+    if bind is None:
+        return
+    mounts.remove(bind)
+    target = config["root"]["path"] + BOOT_ID_PATH
+    options = ",".join(o for o in bind.get("options", []) if o != "bind")
+    binary = next(b for b in MOUNT_BINARIES if os.path.exists(b))
+    hook = {"path": binary, "args": ["mount", "--bind", "-o", options, bind["source"], target]}
+    config.setdefault("hooks", {}).setdefault("createContainer", []).append(hook)
+    with open(f"{config_path}.new", "w") as f:
+        json.dump(config, f, indent=1)
+    os.replace(f"{config_path}.new", config_path)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
@@ -172,6 +224,7 @@ def main() -> None:
     os.makedirs(bundle_target, exist_ok=True)  # an image's first layer lacks it
     _mount_id_mapped(spec["envd_bundle"], bundle_target, userns)
     os.close(userns)
+    _new_boot_id(spec["directory"], spec["argv"][0])
     argv = spec["argv"]
     os.execv(argv[0], argv)
 

@@ -45,6 +45,13 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 CFS_PERIOD_US = 100_000
 
+# The kernel's boot id is the host's in every container. Each boot of a sandbox sees its
+# own instead, as a VM's guest does: a file beside the rootfs, bound over the kernel's,
+# that the launcher writes afresh at every launch. A memory pause keeps it (the same
+# boot goes on); a filesystem-only pause's resume is a new boot, with a new id.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+BOOT_ID_FILE = "boot_id"
+
 
 @dataclass(frozen=True)
 class ContainerConfig:
@@ -61,6 +68,11 @@ class ContainerConfig:
     pids_limit: int
     no_new_privileges: bool = False
     open_files: int = 1 << 20
+
+    @property
+    def boot_id(self) -> Path:
+        """The file that holds this boot's id, in the bundle's directory."""
+        return self.rootfs.parent / BOOT_ID_FILE
 
 
 def oci_config(c: ContainerConfig) -> dict:
@@ -82,6 +94,12 @@ def oci_config(c: ContainerConfig) -> dict:
         "hostname": c.hostname,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": BOOT_ID_PATH,
+                "type": "bind",
+                "source": str(c.boot_id),
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+            },
             {
                 "destination": "/dev",
                 "type": "tmpfs",
