@@ -8,6 +8,7 @@ Their slots use their own interface prefix and rules table, apart from other tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -73,6 +74,51 @@ async def run(address, token: str | None, command: str) -> str:
     return result.stdout
 
 
+# A Python process that counts in the guest: its count survives only a memory pause.
+COUNTER = (
+    "nohup python3 -c 'import time\ni = 0\nwhile True:\n    i += 1\n"
+    '    open("/tmp/count.tmp", "w").write(str(i))\n'
+    '    __import__("os").replace("/tmp/count.tmp", "/tmp/count")\n'
+    "    time.sleep(0.05)' >/dev/null 2>&1 &"
+)
+COUNTER_PID = "pgrep -f 'python3 -c import time' | head -1"
+
+
+async def wait_no_leaks(node, timeout: float = 20) -> dict:
+    """`leaks(node)` once it is empty (releases run in the background), or as it stays."""
+    for _ in range(int(timeout / 0.2)):
+        found = leaks(node)
+        if not found:
+            return found
+        await asyncio.sleep(0.2)
+    return leaks(node)
+
+
+async def count(address, token) -> tuple[int, int]:
+    """The counter's value and its process id."""
+    out = await run(address, token, f"cat /tmp/count; echo; {COUNTER_PID}")
+    value, pid = out.split()
+    return int(value), int(pid)
+
+
+async def build_started(node):
+    """The artifact of template "started", built over debian: its start command writes
+    its pid to /tmp/started and sleeps (the ready command waits for the file)."""
+    import uuid
+
+    from hearth.node.interface import BuildRequest
+    from hearth.template.recipe import Base, Recipe
+
+    debian = await node.builtin("debian")
+    recipe = Recipe(
+        base=Base(template="debian"),
+        start_cmd="echo $$ > /tmp/started; exec sleep 100000",
+        ready_cmd="test -s /tmp/started",
+    )
+    request = BuildRequest("started", uuid.uuid4().hex, "team", recipe, parent=debian)
+    return await node.build(request, lambda level, message, step: None)
+
+
 def qemu_processes(data_dir: Path) -> list[str]:
     """QEMU processes working under `data_dir` (their cwd is a VM's directory)."""
     found = []
@@ -104,6 +150,22 @@ def leaks(node) -> dict[str, list]:
         "offline": network["offline"],
     }
     return {k: v for k, v in found.items() if v}
+
+
+async def close_restarted(node, data_dir: Path, pool: str) -> None:
+    """The end of a test that restarts a node on its own `data_dir`: close it, stop what
+    is left whatever went wrong (a new node adopts and stops it), check nothing remains
+    and remove the directory."""
+    from hearth.node.local import LocalNode
+
+    await node.close()
+    if qemu_processes(data_dir):
+        async with LocalNode(data_dir, runtime="microvm", network_pool=pool):
+            pass
+    assert qemu_processes(data_dir) == []
+    assert os.listdir(data_dir / "microvm" / "sandboxes") == []
+    shutil.rmtree(data_dir)
+    forget_snapshots()
 
 
 @pytest.fixture(scope="session")

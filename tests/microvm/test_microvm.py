@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 from datetime import UTC, datetime
 
@@ -17,33 +16,21 @@ from e2b.exceptions import AuthenticationException
 
 from hearth.node.interface import SandboxNotFound
 
-from .conftest import MICROVM, forget_snapshots, leaks, qemu_processes, run, sdk, spec
+from .conftest import (
+    COUNTER,
+    MICROVM,
+    build_started,
+    close_restarted,
+    count,
+    leaks,
+    qemu_processes,
+    run,
+    sdk,
+    spec,
+    wait_no_leaks,
+)
 
 pytestmark = MICROVM
-
-# A Python process that counts in the guest: its count survives only a memory pause.
-COUNTER = (
-    "nohup python3 -c 'import time\ni = 0\nwhile True:\n    i += 1\n"
-    '    open("/tmp/count.tmp", "w").write(str(i))\n'
-    '    __import__("os").replace("/tmp/count.tmp", "/tmp/count")\n'
-    "    time.sleep(0.05)' >/dev/null 2>&1 &"
-)
-COUNTER_PID = "pgrep -f 'python3 -c import time' | head -1"
-
-
-async def _wait_no_leaks(node, timeout: float = 20) -> dict:
-    for _ in range(int(timeout / 0.2)):
-        found = leaks(node)
-        if not found:
-            return found
-        await asyncio.sleep(0.2)
-    return leaks(node)
-
-
-async def _count(address, token) -> tuple[int, int]:
-    out = await run(address, token, f"cat /tmp/count; echo; {COUNTER_PID}")
-    count, pid = out.split()
-    return int(count), int(pid)
 
 
 async def test_commands_files_env_and_clock_through_the_sdk(node):
@@ -63,7 +50,7 @@ async def test_commands_files_env_and_clock_through_the_sdk(node):
         assert "notes.txt" in [e.name for e in listed]
     finally:
         assert await node.kill(s.sandbox_id)
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_clones_get_their_own_entropy_and_token(node):
@@ -82,7 +69,7 @@ async def test_clones_get_their_own_entropy_and_token(node):
             await run(addresses[0], b.envd_access_token, "true")
     finally:
         await asyncio.gather(node.kill(a.sandbox_id), node.kill(b.sandbox_id))
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_pause_with_memory_keeps_a_running_process(node):
@@ -91,7 +78,7 @@ async def test_pause_with_memory_keeps_a_running_process(node):
     try:
         await run(address, s.envd_access_token, COUNTER)
         await asyncio.sleep(2)
-        before, pid = await _count(address, s.envd_access_token)
+        before, pid = await count(address, s.envd_access_token)
         assert await node.pause(s.sandbox_id, memory=True) is True
         assert node.address(s.sandbox_id) is None
         assert await node.paused() == {s.sandbox_id: True}
@@ -100,15 +87,15 @@ async def test_pause_with_memory_keeps_a_running_process(node):
         # Nothing but files is held while paused: no QEMU, no slot.
         assert qemu_processes(directory) == []
         address = await node.resume(s)
-        after, same_pid = await _count(address, s.envd_access_token)
+        after, same_pid = await count(address, s.envd_access_token)
         assert same_pid == pid and after >= before
         await asyncio.sleep(1)
-        later, _ = await _count(address, s.envd_access_token)
+        later, _ = await count(address, s.envd_access_token)
         assert later > after
         assert not (directory / "memory.state").exists()
     finally:
         await node.kill(s.sandbox_id)
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_pause_without_memory_keeps_files_and_boots_again(node):
@@ -122,7 +109,7 @@ async def test_pause_without_memory_keeps_files_and_boots_again(node):
         assert (await run(address, s.envd_access_token, "cat /root/kept.txt")).strip() == "kept"
     finally:
         await node.kill(s.sandbox_id)
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_kill_while_paused_removes_its_state(node):
@@ -133,7 +120,7 @@ async def test_kill_while_paused_removes_its_state(node):
     assert not (node.runtime.sandboxes_dir / s.sandbox_id).exists()
     with pytest.raises(SandboxNotFound):
         await node.resume(s)
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_concurrent_creates_and_kills(node):
@@ -149,7 +136,7 @@ async def test_concurrent_creates_and_kills(node):
         assert [o.strip() for o in outs] == [s.sandbox_id for s in specs]
     finally:
         await asyncio.gather(*(node.kill(s.sandbox_id) for s in specs))
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_a_crashed_qemu_releases_what_it_held(node):
@@ -173,7 +160,7 @@ async def test_offline_sandbox_is_marked_offline(node):
         assert vm.slot.interface in node.runtime.network.leftovers()["offline"]
     finally:
         await node.kill(s.sandbox_id)
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
 
 
 async def test_a_restarted_node_adopts_running_vms_and_resumes_paused_ones(node, tmp_path):
@@ -195,7 +182,7 @@ async def test_a_restarted_node_adopts_running_vms_and_resumes_paused_ones(node,
         kept_address = await first.create(kept)
         await run(address, s.envd_access_token, COUNTER)
         await asyncio.sleep(2)
-        before, pid = await _count(address, s.envd_access_token)
+        before, pid = await count(address, s.envd_access_token)
         await first.pause(s.sandbox_id, memory=True)
         # The node process exits; VMs and the paused state stay. (Its QMP connection
         # goes with a real process; QEMU serves one client at a time.)
@@ -209,17 +196,10 @@ async def test_a_restarted_node_adopts_running_vms_and_resumes_paused_ones(node,
         assert (await run(kept_address, kept.envd_access_token, "echo still")).strip() == "still"
         assert await second.paused() == {s.sandbox_id: True}
         address = await second.resume(s)
-        after, same_pid = await _count(address, s.envd_access_token)
+        after, same_pid = await count(address, s.envd_access_token)
         assert same_pid == pid and after >= before
     finally:
-        await (second or first).close()
-        if qemu_processes(data_dir):  # whatever went wrong: a new node adopts and stops it
-            async with LocalNode(data_dir, runtime="microvm", network_pool=POOL):
-                pass
-    assert qemu_processes(data_dir) == []
-    assert os.listdir(data_dir / "microvm" / "sandboxes") == []
-    shutil.rmtree(data_dir)
-    forget_snapshots()
+        await close_restarted(second or first, data_dir, POOL)
 
 
 @pytest.mark.parametrize("after", [0.0, 0.05, 0.2, 0.4])
@@ -229,7 +209,7 @@ async def test_a_create_given_up_midway_leaves_nothing(node, after):
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(node.create(s), after)
         await node.kill(s.sandbox_id)  # it made it in time
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}
     assert node.address(s.sandbox_id) is None
 
 
@@ -257,19 +237,7 @@ async def test_warm_takes_the_snapshot_and_prespawns_its_vmms(node):
 async def test_a_templates_start_command_is_in_its_snapshot(node):
     """As E2B's template snapshots: the start command ran and was ready before the
     snapshot, so every clone has the same process, and none starts it again."""
-    import uuid
-
-    from hearth.node.interface import BuildRequest
-    from hearth.template.recipe import Base, Recipe
-
-    debian = await node.builtin("debian")
-    recipe = Recipe(
-        base=Base(template="debian"),
-        start_cmd="echo $$ > /tmp/started; exec sleep 100000",
-        ready_cmd="test -s /tmp/started",
-    )
-    request = BuildRequest("started", uuid.uuid4().hex, "team", recipe, parent=debian)
-    artifact = await node.build(request, lambda level, message, step: None)
+    artifact = await build_started(node)
     clones = [spec(template_id="started", artifact=artifact) for _ in range(2)]
     seen = []
     try:
@@ -283,4 +251,4 @@ async def test_a_templates_start_command_is_in_its_snapshot(node):
     started, running = seen[0]
     assert started == running  # the snapshot's process, still the one that started
     assert seen[1] == seen[0]  # the same in every clone: not started again
-    assert await _wait_no_leaks(node) == {}
+    assert await wait_no_leaks(node) == {}

@@ -185,3 +185,43 @@ def _wait_for(probe, tries: int = 300):
         if value:
             return value
     raise AssertionError("the guest never got there")
+
+
+def test_sdk_snapshot_and_fork_keep_the_memory(served):
+    """Through `hearth serve --runtime microvm`: a counter started before the snapshot goes
+    on counting in every sandbox made from it and in each fork, the source's too; deleting
+    the snapshot while its sandboxes run keeps its saved state until they are gone."""
+    from e2b import Sandbox
+
+    server, _ = served
+    saved = server.data / "node" / "microvm" / "saved"
+    sandbox = Sandbox.create("base", timeout=600)
+    made: list[Sandbox] = []
+    try:
+        sandbox.files.write("/tmp/counter.py", COUNTER)
+        sandbox.commands.run("python3 /tmp/counter.py", background=True)
+        find = "pgrep -xf 'python3 /tmp/counter.py' || true"
+        pid = _wait_for(lambda: sandbox.commands.run(find).stdout)
+        _wait_for(lambda: sandbox.commands.run("cat /tmp/count 2>/dev/null || true").stdout)
+        snapshot = sandbox.create_snapshot(name="vm-counter")
+        listed = Sandbox.list_snapshots(sandbox_id=sandbox.sandbox_id).next_items()
+        assert [s.snapshot_id for s in listed] == [snapshot.snapshot_id]
+        made.append(Sandbox.create(snapshot.snapshot_id, timeout=600))
+        (fork,) = sandbox.fork(timeout=600)
+        assert isinstance(fork, Sandbox)
+        made.append(fork)
+        for copy in [*made, sandbox]:
+            assert copy.commands.run(find).stdout == pid
+            first = int(copy.files.read("/tmp/count"))
+            assert _wait_for(lambda c=copy, f=first: int(c.files.read("/tmp/count")) > f)
+        entropy = {c.commands.run("head -c16 /dev/urandom | od -An -tx1").stdout for c in made}
+        assert len(entropy) == len(made)
+        assert Sandbox.delete_snapshot(snapshot.snapshot_id)
+        # The snapshot's state and the fork's stay while sandboxes restored from them run.
+        assert len([p for p in saved.iterdir() if not p.name.startswith(".")]) == 2
+        assert made[0].files.read("/tmp/counter.py") == COUNTER
+    finally:
+        for copy in made:
+            copy.kill()
+        Sandbox.kill(sandbox.sandbox_id)
+    assert _wait_for(lambda: not [p for p in saved.iterdir() if not p.name.startswith(".")])

@@ -1,10 +1,13 @@
-"""The microvm runtime's pure parts: QEMU command lines and the guest's network args."""
+"""The microvm runtime's pure parts: QEMU command lines, the guest's network args, the
+saved states' disks and their collection."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from hearth.node.runtime.microvm import guestnet
+from hearth.node.runtime.microvm import guestnet, saved
 from hearth.node.runtime.microvm.vmm import Machine, Vmm
 
 MACHINE = Machine(Path("/k/vmlinux"), Path("/k/initramfs.cpio"), "console=ttyS0", 2, 512, "tcg")
@@ -60,3 +63,63 @@ def test_state_paths_with_shell_characters_are_refused():
     assert _quote(Path("/var/lib/hearth/x/memory.state")) == "/var/lib/hearth/x/memory.state"
     with pytest.raises(ValueError):
         _quote(Path("/tmp/a b; rm -rf x"))
+
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+
+def _qcow2(path: Path, backing: Path | str | None = None) -> Path:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-F", "qcow2", "-b", str(backing)]
+    subprocess.run([*argv, str(path), "64M"], check=True)
+    return path
+
+
+def _saved_state(saved_dir: Path, name: str, backing: Path) -> Path:
+    directory = saved_dir / name
+    directory.mkdir(parents=True)
+    _qcow2(directory / saved.DISK, backing)
+    return directory
+
+
+@needs_qemu_img
+def test_a_disk_copy_names_its_backing_by_absolute_path(tmp_path):
+    base = _qcow2(tmp_path / "base.qcow2")
+    (tmp_path / "vm").mkdir()
+    overlay = _qcow2(tmp_path / "vm" / "overlay.qcow2", "../base.qcow2")
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "disk.qcow2"
+    saved.copy_disk(overlay, copy)
+    assert saved.backing_chain(overlay) == [base.resolve()]
+    assert saved.backing_chain(copy) == [base.resolve()]
+    assert saved.backing_chain(base) == []
+
+
+@needs_qemu_img
+def test_a_forgotten_saved_state_goes_once_nothing_is_backed_by_it(tmp_path):
+    base = _qcow2(tmp_path / "base.qcow2")
+    saved_dir = tmp_path / "saved"
+    a = _saved_state(saved_dir, "a", base)
+    b = _saved_state(saved_dir, "b", a / saved.DISK)  # captured from a sandbox of a
+    kept = _saved_state(saved_dir, "kept", base)
+    (saved_dir / ".c.partial").mkdir()  # a capture in progress: not a state
+    overlay = _qcow2(tmp_path / "overlay.qcow2", b / saved.DISK)
+    for directory in (a, b, kept):
+        assert saved.read(directory) is None  # no metadata: not complete
+    saved.forget(a)
+    saved.forget(b)
+    assert saved.collect(saved_dir, [overlay]) == []
+    assert saved.collect(saved_dir, []) == ["b", "a"]  # b's going frees a
+    assert sorted(p.name for p in saved_dir.iterdir()) == [".c.partial", "kept"]
+    assert saved.sweep_partial(saved_dir) == [".c.partial"]
+
+
+def test_saved_state_metadata_round_trips(tmp_path):
+    state = saved.SavedState(tmp_path, {"cpu_count": 1}, {"layers": ["x"]}, True, "token")
+    (tmp_path / saved.DISK).write_bytes(b"")
+    saved.write(tmp_path, state)
+    assert saved.read(tmp_path) is None  # memory kept, but no memory state
+    (tmp_path / saved.MEMORY_STATE).write_bytes(b"")
+    assert saved.read(tmp_path) == state
+    assert not saved.valid_name("../x") and saved.valid_name("s0123abc")

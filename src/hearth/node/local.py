@@ -102,7 +102,7 @@ class _Runtime(Protocol):
 
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]: ...
 
-    async def snapshot(
+    async def capture(
         self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
     ) -> Artifact:
         """The artifact of `held`'s state now (see `Node.snapshot`): a layer it writes
@@ -389,7 +389,7 @@ class LocalNode:
                     f"sandbox {sandbox_id} records no template to snapshot over: the isolated"
                     " runtime keeps no files of its own (use the container runtime)"
                 )
-            return await self.runtime.snapshot(held, artifact, memory, self.saved_layers)
+            return await self.runtime.capture(held, artifact, memory, self.saved_layers)
 
     async def _ensure_builder(self) -> Builder:
         if self._builder is not None:
@@ -728,7 +728,7 @@ class _ContainerDriver:
         found, self._adopted_paused = self._adopted_paused, {}
         return found
 
-    async def snapshot(
+    async def capture(
         self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
     ) -> Artifact:
         """The sandbox's files as one more layer. Its memory is not kept: CRIU cannot
@@ -876,7 +876,7 @@ class _IsolatedDriver:
     async def reconcile_paused(self) -> dict[str, _Paused]:
         return {}
 
-    async def snapshot(
+    async def capture(
         self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
     ) -> Artifact:
         raise PauseNotSupported(

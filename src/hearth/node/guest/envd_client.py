@@ -111,13 +111,17 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-async def init(url: str, body: dict[str, Any], *, timeout: float = 10.0) -> None:
+async def init(
+    url: str, body: dict[str, Any], *, timeout: float = 10.0, access_token: str | None = None
+) -> None:
     """POST /init with `body` (see `init_body`): at create, at a claim, after every
-    resume, and in build sandboxes."""
+    resume, and in build sandboxes. `access_token`: the token envd holds now, when it is
+    not the body's (a VM restored from another sandbox's memory)."""
     headers = {}
-    if body.get("accessToken"):
+    held = access_token or body.get("accessToken")
+    if held:
         # After a resume envd already holds the token and takes /init only with it.
-        headers["X-Access-Token"] = body["accessToken"]
+        headers["X-Access-Token"] = held
     async with client(timeout, read=timeout) as http:
         r = await http.post(f"{url}/init", json=body, headers=headers)
     if r.status_code != 204:

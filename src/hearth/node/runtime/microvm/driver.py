@@ -16,6 +16,12 @@ calls envd's /init (token, environment, clock, fresh entropy). Pause with memory
 the whole VM to `memory.state` and lets go of the VMM and the slot; resume starts a new
 QEMU from that file. Without memory, pause keeps the overlay only and resume boots it.
 The record in the directory lets a restarted node adopt running VMs and paused ones.
+
+A snapshot (`snapshot`) captures a sandbox, running or paused, as a saved state of the
+driver's own (`saved.py`): a copy of its disk and, with memory, the whole VM. A create
+whose artifact names one (`Artifact.saved`) restores it into a new sandbox, as a resume
+restores a pause: a new overlay over the saved disk, a new slot, a QEMU that loads the
+state or boots the disk cold. A forgotten saved state goes once nothing is backed by it.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import secrets
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -45,7 +53,8 @@ from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.network.slots import DEFAULT_POOL, DEFAULT_PREFIX
 from hearth.node.runtime import hardware_virtualization
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
-from hearth.node.runtime.microvm import guestnet
+from hearth.node.runtime.microvm import guestnet, saved
+from hearth.node.runtime.microvm.saved import MEMORY_STATE, SavedState
 from hearth.node.runtime.microvm.snapshot import (
     Snapshot,
     create_overlay,
@@ -56,12 +65,13 @@ from hearth.node.runtime.microvm.snapshot import (
 )
 from hearth.node.runtime.microvm.vmm import KERNEL_ARGS, Machine, Vmm
 from hearth.template.artifact import Artifact
+from hearth.template.builder import wait_started
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RECORD = "record.json"
 OVERLAY = "overlay.qcow2"
-MEMORY_STATE = "memory.state"
 # Pre-spawned VMMs kept per snapshot. Each holds a slot and an idle QEMU (a few MiB).
 POOL_SIZE = 2
 ENTROPY_BYTES = 64
@@ -82,10 +92,10 @@ class VmRecord:
 
     sandbox_id: str
     template_id: str
-    state: str  # "running" or "paused"
+    state: str  # "starting" (restoring a saved state), "running" or "paused"
     memory: bool  # for "paused": the memory state file holds the whole VM
     machine: dict
-    snapshot: str
+    snapshot: str  # the template snapshot's directory, or the saved state's
     allow_internet: bool
     slot_index: int = -1
     qemu_pid: int | None = None
@@ -93,6 +103,8 @@ class VmRecord:
     created_at: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
     artifact: dict | None = None  # its template's (a cold resume starts it again)
+    # envd's token, which its RAM holds: a snapshot's restores show it to the first /init.
+    envd_token: str | None = None
 
     def machine_(self) -> Machine:
         m = dict(self.machine)
@@ -165,9 +177,11 @@ class MicroVMSandbox:
         except BaseException:
             # The sandbox goes on running as it was.
             state.unlink(missing_ok=True)
-            with contextlib.suppress(Exception):
-                await vmm.execute("cont")
-            self._watch()
+            try:
+                with contextlib.suppress(Exception):
+                    await _to_the_end(vmm.go_on())
+            finally:
+                self._watch()
             raise
         # Recorded as paused before QEMU goes: a node that dies in between finds a paused
         # sandbox (and the QEMU to kill), never a "running" one to remove with its state.
@@ -360,6 +374,7 @@ class MicroVMDriver:
         self.sandboxes_dir = self.base_dir / "sandboxes"
         self.pool_dir = self.base_dir / "pool"
         self.snapshots_dir = self.base_dir / "snapshots"
+        self.saved_dir = self.base_dir / "saved"
         self._netns_dir = Path(data_dir) / "netns"
         self._cache_dir = cache_dir
         self._bundle_dir = bundle_dir
@@ -378,13 +393,17 @@ class MicroVMDriver:
         self._adopted_paused: dict[str, PausedMicroVM] = {}
         self._snapshot_locks: dict[str, asyncio.Lock] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        # Held while a restore makes its overlay over a saved disk, while a capture puts
+        # its state in place and while forgotten states are deleted: the deletion sees
+        # every image backed by a saved disk.
+        self._saved_lock = asyncio.Lock()
 
     # --- setup -----------------------------------------------------------------------
 
     async def setup(self) -> None:
         from hearth.node.network.rules import DEFAULT_BLOCKED
 
-        for d in (self.base_dir, self.sandboxes_dir, self.pool_dir, self.snapshots_dir):
+        for d in (self.sandboxes_dir, self.pool_dir, self.snapshots_dir, self.saved_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o700)
         self.kernel = await asyncio.to_thread(ensure_kernel, self._cache_dir)
@@ -401,6 +420,8 @@ class MicroVMDriver:
         self.network = pool
         for name in await asyncio.to_thread(sweep_memory):
             log.info("removed the RAM file of snapshot %s (its directory is gone)", name)
+        for name in await asyncio.to_thread(saved.sweep_partial, self.saved_dir):
+            log.info("removed the half-written saved state %s", name)
 
     def machine(self, cpu_count: int, memory_mb: int) -> Machine:
         assert self.kernel is not None
@@ -414,7 +435,7 @@ class MicroVMDriver:
             accel=self.accel,
         )
 
-    async def snapshot(
+    async def template_snapshot(
         self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
     ) -> Snapshot:
         """The template snapshot for (the template's artifact, vCPUs, memory), taken on
@@ -445,14 +466,20 @@ class MicroVMDriver:
     ) -> None:
         """Take the template snapshot of that shape now and pre-spawn its VMMs, so that
         the first create does not wait for a cold boot (seconds under TCG)."""
-        self.vmms.refill(await self.snapshot(artifact, layers, cpu_count, memory_mb))
+        self.vmms.refill(await self.template_snapshot(artifact, layers, cpu_count, memory_mb))
 
     # --- create ----------------------------------------------------------------------
 
     async def start(self, spec: SandboxSpec, layers: list[Path]) -> MicroVMSandbox:
+        """A sandbox of `spec`: a clone of its template snapshot, or with the artifact's
+        `saved` set a restore of that saved state (`layers` unused then)."""
         _check_id(spec.sandbox_id)
         assert spec.artifact is not None
-        snapshot = await self.snapshot(spec.artifact, layers, spec.cpu_count, spec.memory_mb)
+        if spec.artifact.saved:
+            return await self._restore(spec)
+        snapshot = await self.template_snapshot(
+            spec.artifact, layers, spec.cpu_count, spec.memory_mb
+        )
         started = time.monotonic()
         pooled = self.vmms.take(snapshot)
         pool_note = "pooled VMM"
@@ -471,6 +498,7 @@ class MicroVMDriver:
             created_at=time.time(),
             metadata=dict(spec.metadata),
             artifact=spec.artifact.to_json() if spec.artifact else None,
+            envd_token=spec.envd_access_token,
         )
         sandbox = MicroVMSandbox(self, record, directory)
         renamed = False
@@ -479,6 +507,7 @@ class MicroVMDriver:
             if renamed:  # before that, a directory of this name is not this sandbox's
                 await _rmtree_if_there(directory)
 
+        self._collect_after(sandbox._stack)
         sandbox._stack.push_async_callback(remove_directory)
         await sandbox._stack.enter_async_context(sandbox._vm_stack)
         sandbox._vm_stack.push_async_callback(pooled.stack.aclose)
@@ -498,19 +527,7 @@ class MicroVMDriver:
             record.vmm_name = pooled.vmm.name
             await asyncio.to_thread(_write_record, directory, record)
             await self._init(sandbox, spec)
-            sandbox.timings = {
-                "vmm": pool_note,
-                "running_ms": (running - started) * 1000,
-                "ready_ms": (time.monotonic() - started) * 1000,
-            }
-            log.info(
-                "sandbox %s (%s, %s) running %.0f ms, envd ready %.0f ms after the request",
-                spec.sandbox_id,
-                pool_note,
-                self.accel,
-                (running - started) * 1000,
-                (time.monotonic() - started) * 1000,
-            )
+            self._started(sandbox, "created", pool_note, started, running)
         except BaseException:
             await sandbox.stop()
             raise
@@ -549,11 +566,15 @@ class MicroVMDriver:
             raise
         return _Pooled(directory, slot, vmm, stack)
 
-    async def _init(self, sandbox: MicroVMSandbox, spec: SandboxSpec) -> None:
-        """envd's /init after a restore: token, environment, clock, entropy."""
+    async def _init(
+        self, sandbox: MicroVMSandbox, spec: SandboxSpec, held_token: str | None = None
+    ) -> None:
+        """envd's /init after a restore: token, environment, clock, entropy. `held_token`:
+        the one envd holds, if not the spec's (a restore of another sandbox's memory)."""
         assert sandbox.slot is not None
         self._tokens[spec.sandbox_id] = spec.envd_access_token
-        await init_envd(f"http://{sandbox.slot.address}:{ENVD_PORT}", spec, self.start_timeout)
+        url = f"http://{sandbox.slot.address}:{ENVD_PORT}"
+        await init_envd(url, spec, self.start_timeout, held_token)
         self._live[spec.sandbox_id] = sandbox
         sandbox.push("its place in the driver", self.forget, spec.sandbox_id)
         sandbox._watch()
@@ -564,55 +585,17 @@ class MicroVMDriver:
     def forget(self, sandbox_id: str) -> None:
         self._live.pop(sandbox_id, None)
 
-    # --- resume ----------------------------------------------------------------------
+    # --- resume and restore ----------------------------------------------------------
 
     async def resume(self, paused: PausedMicroVM, spec: SandboxSpec) -> MicroVMSandbox:
-        assert self.network is not None
         record = paused.record
         directory = paused.directory
-        machine = record.machine_()
-        started = time.monotonic()
         record.allow_internet = spec.allow_internet
         sandbox = MicroVMSandbox(self, record, directory)
         sandbox._stack = paused.take_stack()
+        state = directory / MEMORY_STATE
         try:
-            await sandbox._stack.enter_async_context(sandbox._vm_stack)
-            vm = sandbox._vm_stack
-            slot = await _take(vm, lambda: self.network.acquire(allow_internet=spec.allow_internet))
-            sandbox.slot = slot
-            await to_thread_to_the_end(guestnet.attach, slot.netns_path, slot.address)
-            vmm = Vmm(directory, slot.netns_path)
-            state = directory / MEMORY_STATE
-            incoming = "defer" if record.memory else None
-            argv = vmm.argv(machine, OVERLAY, memory="private", incoming=incoming)
-            vm.push_async_callback(vmm.quit)
-            await to_thread_to_the_end(vmm.launch, argv)
-            sandbox.vmm = vmm
-            await vmm.connect()
-            if record.memory:
-                await vmm.load(state, timeout=self.start_timeout)
-            else:
-                await wait_envd(vmm, slot.address, self.boot_timeout)
-            record.state = "running"
-            record.slot_index = slot.index
-            record.qemu_pid = vmm.pid
-            record.vmm_name = vmm.name
-            await asyncio.to_thread(_write_record, directory, record)
-            running = time.monotonic()
-            await self._init(sandbox, spec)
-            state.unlink(missing_ok=True)
-            sandbox.timings = {
-                "vmm": "memory" if record.memory else "cold boot",
-                "running_ms": (running - started) * 1000,
-                "ready_ms": (time.monotonic() - started) * 1000,
-            }
-            log.info(
-                "sandbox %s resumed (%s, %s) in %.0f ms",
-                spec.sandbox_id,
-                "memory" if record.memory else "cold boot",
-                self.accel,
-                (time.monotonic() - started) * 1000,
-            )
+            await self._boot(sandbox, spec, state if record.memory else None, "resumed")
         except BaseException:
             # Still paused: the directory and its state stay with the paused sandbox.
             await sandbox._vm_stack.aclose()
@@ -620,7 +603,240 @@ class MicroVMDriver:
             record.state, record.qemu_pid, record.slot_index = "paused", None, -1
             await asyncio.to_thread(_write_record, directory, record)
             raise
+        await asyncio.to_thread(state.unlink, True)
         return sandbox
+
+    async def _restore(self, spec: SandboxSpec) -> MicroVMSandbox:
+        """A new sandbox of the saved state the spec's artifact names: its own overlay
+        over the saved disk, the saved VM loaded into it (or its disk booted, and the
+        template's start command run again)."""
+        artifact = spec.artifact
+        assert artifact is not None and artifact.saved
+        directory = self.sandboxes_dir / spec.sandbox_id
+        sandbox: MicroVMSandbox | None = None
+        try:
+            async with self._saved_lock:
+                state = await asyncio.to_thread(self._saved_state, artifact.saved)
+                record = VmRecord(
+                    sandbox_id=spec.sandbox_id,
+                    template_id=spec.template_id,
+                    state="starting",
+                    memory=state.memory,
+                    machine=state.machine,
+                    snapshot=str(state.directory),
+                    allow_internet=spec.allow_internet,
+                    created_at=time.time(),
+                    metadata=dict(spec.metadata),
+                    artifact=artifact.to_json(),
+                    envd_token=spec.envd_access_token,
+                )
+                sandbox = MicroVMSandbox(self, record, directory)
+                self._collect_after(sandbox._stack)
+                directory.mkdir(mode=0o700)  # fails for an id in use: not this sandbox's
+                sandbox._stack.push_async_callback(_rmtree_if_there, directory)
+                # Made under the lock: from now on the saved disk has a user to be seen.
+                await to_thread_to_the_end(
+                    create_overlay, directory / OVERLAY, state.disk.resolve(), "qcow2"
+                )
+            await asyncio.to_thread(_write_record, directory, record)
+            memory = state.memory_state if state.memory else None
+            what = f"restored from {state.name}"
+            await self._boot(sandbox, spec, memory, what, state.envd_token if memory else None)
+            if memory is None and artifact.start_cmd:
+                # A cold boot starts the template's services again (LocalNode.resume does
+                # so for cold resumes; for starts it leaves it to this runtime).
+                address = sandbox.address
+                await wait_started(
+                    f"http://{address.host}:{address.port(ENVD_PORT)}",
+                    artifact,
+                    access_token=spec.envd_access_token,
+                    wait_default=False,
+                )
+        except BaseException:
+            if sandbox is not None:
+                await sandbox.stop()
+            raise
+        return sandbox
+
+    async def _boot(
+        self,
+        sandbox: MicroVMSandbox,
+        spec: SandboxSpec,
+        state: Path | None,
+        what: str,
+        held_token: str | None = None,
+    ) -> None:
+        """Run the VM over `sandbox`'s overlay in a new slot: QEMU loading the whole VM
+        from `state`, or booting the disk cold; then envd's /init. What it takes goes on
+        the sandbox's VM stack, which the caller closes if this fails."""
+        assert self.network is not None
+        record, directory = sandbox.record, sandbox.directory
+        started = time.monotonic()
+        await sandbox._stack.enter_async_context(sandbox._vm_stack)
+        vm = sandbox._vm_stack
+        slot = await _take(vm, lambda: self.network.acquire(allow_internet=spec.allow_internet))
+        sandbox.slot = slot
+        await to_thread_to_the_end(guestnet.attach, slot.netns_path, slot.address)
+        vmm = Vmm(directory, slot.netns_path)
+        incoming = "defer" if state is not None else None
+        argv = vmm.argv(record.machine_(), OVERLAY, memory="private", incoming=incoming)
+        vm.push_async_callback(vmm.quit)
+        await to_thread_to_the_end(vmm.launch, argv)
+        sandbox.vmm = vmm
+        # A node that dies from here on leaves its successor the QEMU to kill.
+        record.qemu_pid, record.vmm_name = vmm.pid, vmm.name
+        await asyncio.to_thread(_write_record, directory, record)
+        await vmm.connect()
+        if state is not None:
+            await vmm.load(state, timeout=self.start_timeout)
+        else:
+            await wait_envd(vmm, slot.address, self.boot_timeout)
+        record.state = "running"
+        record.slot_index = slot.index
+        record.envd_token = spec.envd_access_token
+        await asyncio.to_thread(_write_record, directory, record)
+        running = time.monotonic()
+        await self._init(sandbox, spec, held_token)
+        how = "memory" if state is not None else "cold boot"
+        self._started(sandbox, what, how, started, running)
+
+    def _started(
+        self, sandbox: MicroVMSandbox, what: str, how: str, started: float, running: float
+    ) -> None:
+        """Note how a start went, in `sandbox.timings` and the log."""
+        ready = time.monotonic()
+        sandbox.timings = {
+            "vmm": how,
+            "running_ms": (running - started) * 1000,
+            "ready_ms": (ready - started) * 1000,
+        }
+        log.info(
+            "sandbox %s %s (%s, %s): running %.0f ms, envd ready %.0f ms after the request",
+            sandbox.sandbox_id,
+            what,
+            how,
+            self.accel,
+            (running - started) * 1000,
+            (ready - started) * 1000,
+        )
+
+    # --- snapshots of sandboxes ------------------------------------------------------
+
+    async def capture(
+        self,
+        held: MicroVMSandbox | PausedMicroVM,
+        artifact: Artifact,
+        memory: bool,
+        layers: object,
+    ) -> Artifact:
+        """`Node.snapshot` on this runtime: the VM's saved state, which creates restore
+        (the artifact's layers stay the source's, to say what it was made of)."""
+        name, kept = await self.snapshot(held, memory)
+        return replace(artifact, saved=name, memory=kept)
+
+    async def snapshot(
+        self, sandbox: MicroVMSandbox | PausedMicroVM, memory: bool
+    ) -> tuple[str, bool]:
+        """Capture `sandbox` as a saved state of its own, to start new sandboxes from;
+        returns its name and whether it holds the memory (not when the sandbox is paused
+        to its files only). A running sandbox stops for the capture only, then goes on
+        (its processes, and envd's streams); a paused one stays paused."""
+        name = "s" + secrets.token_hex(12)
+        partial = self.saved_dir / f"{saved.PARTIAL_PREFIX}{name}"
+        record = sandbox.record
+        running = isinstance(sandbox, MicroVMSandbox)
+        kept = memory and (running or record.memory)
+        token = self.token_of(record.sandbox_id) or record.envd_token
+        started = time.monotonic()
+        try:
+            partial.mkdir(mode=0o700)
+            if isinstance(sandbox, MicroVMSandbox):
+                await self._capture(sandbox, partial, kept, token)
+            else:
+                await to_thread_to_the_end(_capture_paused, sandbox.directory, partial, kept)
+            state = SavedState(partial, record.machine, record.artifact, kept, token)
+            await asyncio.to_thread(saved.write, partial, state)
+            async with self._saved_lock:
+                partial.rename(self.saved_dir / name)
+        except BaseException:
+            await _rmtree_if_there(partial)
+            raise
+        log.info(
+            "sandbox %s saved as %s (%s, %s) in %.0f ms",
+            record.sandbox_id,
+            name,
+            "memory" if kept else "disk only",
+            "running" if running else "paused",
+            (time.monotonic() - started) * 1000,
+        )
+        return name, kept
+
+    async def _capture(
+        self, sandbox: MicroVMSandbox, into: Path, memory: bool, token: str | None
+    ) -> None:
+        """Stop the guest, save it (with `memory` the whole VM, else its disk synced
+        first), copy its disk, and let it go on, whatever happened."""
+        vmm = sandbox.vmm
+        assert vmm is not None
+        if not memory:
+            await _sync_guest(sandbox.address, token)
+        try:
+            if memory:
+                # A clone's RAM is a private mapping of the template's: all of it goes.
+                await vmm.ignore_shared(False)
+                await vmm.save(into / MEMORY_STATE)
+            else:
+                await vmm.execute("stop")
+            # Stopped, QEMU has written back what it held of the overlay (a completed
+            # migration flushes and lets go of its disks; `stop` flushes them).
+            await to_thread_to_the_end(
+                saved.copy_disk, sandbox.directory / OVERLAY, into / saved.DISK
+            )
+        finally:
+            await _to_the_end(vmm.go_on())
+        await _set_guest_clock(sandbox.address, token)
+
+    def has_saved(self, name: str) -> bool:
+        """Whether the saved state `name` is here, complete and not forgotten."""
+        if not saved.valid_name(name):
+            return False
+        directory = self.saved_dir / name
+        return saved.read(directory) is not None and not saved.forgotten(directory)
+
+    def _saved_state(self, name: str) -> SavedState:
+        directory = self.saved_dir / name
+        state = saved.read(directory) if saved.valid_name(name) else None
+        if state is None or saved.forgotten(directory):
+            raise MicroVMError(f"the saved state {name!r} is not on this node")
+        return state
+
+    async def forget_saved(self, names: list[str]) -> None:
+        """The saved states `names` are no longer wanted: each goes once no sandbox here
+        (running or paused) and no other saved state is backed by its disk."""
+        for name in names:
+            directory = self.saved_dir / name
+            if saved.valid_name(name) and directory.is_dir():
+                await asyncio.to_thread(saved.forget, directory)
+        await self._collect_saved()
+
+    def _collect_after(self, stack: contextlib.AsyncExitStack) -> None:
+        """Check the forgotten saved states once the sandbox of `stack` is gone (pushed
+        before its directory's removal, so it runs after it)."""
+        stack.push_async_callback(self._collect_saved)
+
+    async def _collect_saved(self) -> None:
+        def collect() -> list[str]:
+            overlays = [d / OVERLAY for d in self.sandboxes_dir.iterdir()]
+            return saved.collect(self.saved_dir, overlays)
+
+        try:
+            async with self._saved_lock:
+                removed = await to_thread_to_the_end(collect)
+        except Exception as e:
+            log.error("could not delete the forgotten saved states: %s", e)
+            return
+        for name in removed:
+            log.info("deleted the forgotten saved state %s", name)
 
     # --- adopt and clean up ----------------------------------------------------------
 
@@ -641,6 +857,7 @@ class MicroVMDriver:
                     await asyncio.to_thread(_kill_recorded_pid, record.qemu_pid, record.vmm_name)
                     record.qemu_pid, record.slot_index = None, -1
                 paused = PausedMicroVM(self, record, directory, contextlib.AsyncExitStack())
+                self._collect_after(paused._stack)
                 paused._stack.push_async_callback(_rmtree_if_there, directory)
                 self._adopted_paused[record.sandbox_id] = paused
                 continue
@@ -655,6 +872,8 @@ class MicroVMDriver:
         keep = {s.slot.index for s in adopted.values() if s.slot}
         swept = await asyncio.to_thread(self.network.sweep, keep)
         removed += [f"network slot {n}" for n in swept]
+        # What a previous node forgot and its sandboxes held, now perhaps held no more.
+        await self._collect_saved()
         return adopted, removed
 
     async def _adopt(self, directory: Path, record: VmRecord) -> MicroVMSandbox | None:
@@ -665,6 +884,7 @@ class MicroVMDriver:
             return None
         sandbox = MicroVMSandbox(self, record, directory)
         try:
+            self._collect_after(sandbox._stack)
             sandbox.push("its directory", shutil.rmtree, directory, vm=False)
             await sandbox._stack.enter_async_context(sandbox._vm_stack)
             slot = await _take(
@@ -686,6 +906,7 @@ class MicroVMDriver:
             await sandbox.stop()
             return None
         self._live[record.sandbox_id] = sandbox
+        self._tokens[record.sandbox_id] = record.envd_token
         sandbox.push("its place in the driver", self.forget, record.sandbox_id)
         sandbox._watch()
         log.info("adopted VM %s at %s", record.sandbox_id, sandbox.slot.address)
@@ -696,7 +917,14 @@ class MicroVMDriver:
         return found
 
     async def detach(self) -> None:
-        # Pre-spawned VMMs hold no sandbox: a detaching node stops them.
+        """Let go of the running VMs (they go on, for the next node to adopt): no more
+        watching them, no QMP connection (QEMU serves one client at a time). Pre-spawned
+        VMMs hold no sandbox: they are stopped."""
+        for sandbox in list(self._live.values()):
+            sandbox._unwatch()
+            if sandbox.vmm is not None:
+                await sandbox.vmm.disconnect()
+        self._live.clear()
         await self.vmms.close()
 
     async def shutdown(self) -> None:
@@ -748,14 +976,16 @@ def host_dns() -> list[str]:
     return found or list(FALLBACK_DNS)
 
 
-async def init_envd(base_url: str, spec: SandboxSpec, timeout: float) -> None:
+async def init_envd(
+    base_url: str, spec: SandboxSpec, timeout: float, held_token: str | None = None
+) -> None:
     """POST envd's /init with the host's entropy too (a restored guest's pool is its
     snapshot's)."""
     body = {
         **init_body(spec),
         "entropy": base64.b64encode(os.urandom(ENTROPY_BYTES)).decode(),
     }
-    await envd_client.init(base_url, body, timeout=timeout)
+    await envd_client.init(base_url, body, timeout=timeout, access_token=held_token)
 
 
 async def _sync_guest(address: SandboxAddress, token: str | None) -> None:
@@ -771,6 +1001,46 @@ async def _sync_guest(address: SandboxAddress, token: str | None) -> None:
             await client.post(url, content=body, headers=headers)
     except httpx.HTTPError as e:
         log.warning("could not sync the guest's disk before pausing: %s", e)
+
+
+async def _set_guest_clock(address: SandboxAddress, token: str | None) -> None:
+    """Best effort: set the guest's clock, which stood still while the guest was stopped."""
+    url = f"http://{address.host}:{address.port(ENVD_PORT)}"
+    try:
+        await envd_client.init(url, {"timestamp": envd_client.now()}, access_token=token)
+    except (httpx.HTTPError, envd_client.EnvdError) as e:
+        log.warning("could not set the guest's clock after a snapshot: %s", e)
+
+
+def _capture_paused(directory: Path, into: Path, memory: bool) -> None:
+    """Copy a paused sandbox's disk, and with `memory` its memory state (blocking)."""
+    saved.copy_disk(directory / OVERLAY, into / saved.DISK)
+    if memory:
+        done = subprocess.run(
+            ["cp", "--sparse=always", str(directory / MEMORY_STATE), str(into / MEMORY_STATE)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise MicroVMError(f"copying the memory state failed: {done.stderr.strip()}")
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await `work` to its end even if the caller is cancelled meanwhile (the cancellation
+    goes on after it): what must happen after a stop, whatever stopped the caller."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 async def _take(stack: contextlib.AsyncExitStack, acquire) -> NetworkSlot:

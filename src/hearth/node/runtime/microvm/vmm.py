@@ -286,6 +286,23 @@ class Vmm:
         await self._migration_done(timeout)
         await self.execute("cont")
 
+    async def go_on(self, timeout: float = 30.0) -> None:
+        """Run the guest again after `save` or `stop`, a failed or cancelled save too: a
+        migration still going is cancelled first. After a completed one, `cont` also
+        takes the disks back (QEMU lets go of them for a migration's destination)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await self.execute("query-migrate")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status in (None, "none", "completed", "failed", "cancelled"):
+                break
+            if status != "cancelling":
+                await self.execute("migrate_cancel")
+            if time.monotonic() > deadline:
+                raise VmmError(f"migration not cancelled within {timeout:.0f} s ({status})")
+            await asyncio.sleep(0.01)
+        await self.execute("cont")
+
     async def _migration_done(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.001
