@@ -13,12 +13,13 @@ import hashlib
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
 import uvicorn
+from proxy.directory import Directory, Route  # tests/proxy
 
 from hearth.node.interface import SandboxAddress
 from hearth.proxy import Gateway, listen
@@ -29,30 +30,6 @@ MASKED = "sbxmasked"
 TOKEN = "envd-token"
 TRAFFIC = "traffic-token"
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Route:
-    address: SandboxAddress
-    envd_access_token: str | None = None
-    traffic_access_token: str | None = None
-    mask_request_host: str | None = None
-
-
-@dataclass
-class Directory:
-    routes: dict[str, Route] = field(default_factory=dict)
-
-    def route(self, sandbox_id: str) -> Route | None:
-        return self.routes.get(sandbox_id)
-
-    def secured(self) -> Iterator[tuple[str, str]]:
-        for sandbox_id, route in self.routes.items():
-            if route.envd_access_token:
-                yield sandbox_id, route.envd_access_token
-
-    async def wake(self, sandbox_id: str) -> bool:
-        return False  # nothing here is paused
 
 
 class Upstream:
