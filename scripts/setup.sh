@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # qemu-system-x86, qemu-utils, lz4, e2fsprogs, cpio, procps: the microvm runtime (QEMU,
-# qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl).
+# qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl);
+# openssl: the certificates of the old-SDK tests' TLS front.
 apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables
-  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry)
+  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry openssl)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
