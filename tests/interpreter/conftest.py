@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from api.conftest import Hearth, served_containers
+from e2b_code_interpreter import Sandbox
 
 TEMPLATE = "code-interpreter-v1"
 
@@ -22,3 +23,13 @@ TEMPLATE = "code-interpreter-v1"
 def hearth() -> Iterator[Hearth]:
     with served_containers("hearth-interpreter-") as info:
         yield info
+
+
+@pytest.fixture(scope="module")
+def sbx(hearth: Hearth) -> Iterator[Sandbox]:
+    """One sandbox for a module's tests, with a sandbox env var (`SANDBOX_VAR`)."""
+    sandbox = Sandbox.create(timeout=600, envs={"SANDBOX_VAR": "from create"})
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()

@@ -1,4 +1,5 @@
-"""The npm `@e2b/code-interpreter` SDK (JS) against `hearth serve`: `npm/run_code.mjs`."""
+"""The npm `@e2b/code-interpreter` SDK (JS) against `hearth serve`: `npm/run_code.mjs`, and
+E2B's javascript and chart cases (`e2b_cases`) through `npm/cases.mjs`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Hearth
+from .e2b_cases import CHARTS, JS_RESULTS, check_chart
 
 pytestmark = pytest.mark.root
 
@@ -32,9 +34,10 @@ def node_modules() -> Path:
     return modules
 
 
-def test_npm_code_interpreter(hearth: Hearth, node_modules: Path) -> None:
+def _node(hearth: Hearth, *args: str) -> dict[str, object]:
+    """Run a script of npm/ with node; its `RESULT <name> <json>` lines, by name."""
     done = subprocess.run(
-        ["node", "run_code.mjs"],
+        ["node", *args],
         cwd=NPM,
         env={**os.environ, **hearth.env()},
         capture_output=True,
@@ -47,8 +50,29 @@ def test_npm_code_interpreter(hearth: Hearth, node_modules: Path) -> None:
         if line.startswith("RESULT "):
             _, name, value = line.split(" ", 2)
             results[name] = json.loads(value)
+    return results
+
+
+def test_npm_code_interpreter(hearth: Hearth, node_modules: Path) -> None:
+    results = _node(hearth, "run_code.mjs")
     assert results["python"] == "42"
     assert results["chart"] == "line"
     assert results["timeout"] is True
     assert results["killed"] == "TimeoutError"
     assert results["done"] is True
+
+
+def test_npm_e2b_cases(hearth: Hearth, node_modules: Path, tmp_path: Path) -> None:
+    cases = tmp_path / "cases.json"
+    js = [[language, code] for language, code, _ in JS_RESULTS]
+    cases.write_text(json.dumps({"js": js, "charts": CHARTS}))
+    results = _node(hearth, "cases.mjs", str(cases))
+    assert results["done"] is True
+    for i, (language, code, expected) in enumerate(JS_RESULTS):
+        got = results[f"js:{i}"]
+        want = {"text": expected, "results": 0 if expected is None else 1, "error": None}
+        assert got == want, (language, code)
+    for name in CHARTS:
+        got = results[f"chart:{name}"]
+        assert isinstance(got, dict) and got["error"] is None, (name, got)
+        check_chart(name, got["chart"])

@@ -43,10 +43,19 @@ def test_stream_and_error_lines() -> None:
 def test_languages_and_env_code() -> None:
     assert normalize(" JS ") == "javascript" and normalize(None) == "python"
     assert normalize("ts") == "typescript"
-    assert language("java") is None
+    assert language("cobol") is None
     python, js = language("python"), language("typescript")
     assert python is not None and js is not None and js.kernel == "javascript"
     assert python.set_env("K", "it's") == '__import__(\'os\').environ["K"] = "it\'s"'
     assert js.unset_env("K") == 'Deno.env.delete("K");'
     bash = language("bash")
     assert bash is not None and bash.set_env("K", "a b'c") == "export K='a b'\"'\"'c'"
+
+
+def test_deno_kernels_get_the_results_prelude() -> None:
+    # Set up on a fresh kernel's first run, as the sandbox's env vars are.
+    js, ts, python = language("javascript"), language("typescript"), language("python")
+    assert js is not None and ts is not None and python is not None
+    assert js.prelude == ts.prelude and "broadcastResult" in js.prelude
+    assert 'import("node:util")' in js.prelude
+    assert python.prelude == ""

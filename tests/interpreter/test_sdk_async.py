@@ -31,7 +31,7 @@ async def test_async_run_code_state_and_callbacks(hearth: Hearth) -> None:
 
         context = await sbx.create_code_context(language="javascript", cwd="/tmp")
         assert context.language == "javascript"
-        assert (await sbx.run_code("Deno.cwd()", context=context)).text == '"/tmp"'
+        assert (await sbx.run_code("Deno.cwd()", context=context)).text == "/tmp"
         await sbx.restart_code_context(context)
         await sbx.remove_code_context(context)
 

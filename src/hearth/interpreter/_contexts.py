@@ -302,8 +302,10 @@ class Context:
                 await asyncio.gather(self._cleanup, return_exceptions=True)
                 self._cleanup = None
             setup = []
-            if self._global_envs is None:
+            if self._global_envs is None:  # the kernel's first run since it (re)started
                 self._global_envs = dict(await fetch_envs())
+                if self.language.prelude:
+                    setup.append(self.language.prelude)
                 setup += [self.language.set_env(k, v) for k, v in self._global_envs.items()]
             if env_vars:
                 setup += [self.language.set_env(k, v) for k, v in env_vars.items()]

@@ -1,5 +1,5 @@
 """The languages a context may run: their kernels' command lines, and the code each
-language needs to change a directory or set and unset an environment variable."""
+language needs to set up a fresh kernel or to set and unset an environment variable."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.interpreter import _deno
+
 # Aliases the SDKs accept (spec §4.3); names are lower-cased and trimmed first.
 ALIASES = {"js": "javascript", "ts": "typescript"}
 STARTUP = Path(__file__).with_name("ipython_startup.py")
+JAVA_KERNEL = Path(__file__).with_name("java") / "kernel.py"
 # The python kernel's launcher: ipykernel's own, with its debugger off. ipykernel imports
 # debugpy at start for the Jupyter debug protocol (~8 MiB per kernel, ~110 modules), which
 # no E2B client can reach; `import debugpy` in user code still works afterwards.
@@ -35,6 +38,7 @@ class Language:
     kernel: str  # the kernel that runs it: typescript runs on the javascript kernel
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    prelude: str = ""  # run (silently) before a fresh kernel's first execution
 
     def set_env(self, key: str, value: str) -> str:
         k, v = json.dumps(key), json.dumps(value)
@@ -44,6 +48,8 @@ class Language:
             return f"Deno.env.set({k}, {v});"
         if self.kernel == "r":
             return f"do.call(Sys.setenv, setNames(list({v}), {k}))"
+        if self.kernel == "java":  # a JSON string is a Java literal, \uXXXX escapes too
+            return f"hearth.Repl.setenv({k}, {v});"
         return f"export {key}={shlex.quote(value)}"
 
     def unset_env(self, key: str) -> str:
@@ -54,6 +60,8 @@ class Language:
             return f"Deno.env.delete({k});"
         if self.kernel == "r":
             return f"Sys.unsetenv({k})"
+        if self.kernel == "java":
+            return f"hearth.Repl.unsetenv({k});"
         return f"unset {key}"
 
 
@@ -70,10 +78,12 @@ def language(name: str) -> Language | None:
     if name in ("javascript", "typescript"):
         deno = shutil.which("deno") or "/usr/local/bin/deno"
         argv = (deno, "jupyter", "--kernel", "--conn", "{connection_file}")
-        return Language(name, "javascript", argv, (("NO_COLOR", "1"),))
+        return Language(name, "javascript", argv, (("NO_COLOR", "1"),), _deno.PRELUDE)
     if name == "bash":
         return Language(name, "bash", (python, "-m", "bash_kernel", "-f", "{connection_file}"))
     if name == "r":
         argv = ("R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}")
         return Language(name, "r", argv)
+    if name == "java":
+        return Language(name, "java", (python, str(JAVA_KERNEL), "-f", "{connection_file}"))
     return None

@@ -4,9 +4,10 @@
 - `base`: what `Sandbox.create()` starts, as in E2B's base image: Debian with python3
   (also as `python`), pip, venv, nodejs, npm, git, curl and sudo for `user`.
 - `code-interpreter-v1`: `base` plus Jupyter kernels (ipykernel, bash_kernel, deno,
-  IRkernel), the pinned data stack and Hearth's interpreter server on port 49999,
-  started by the template's start command. Its files (the package list, the server's
-  source) are copied in from this installation, as a user's COPY copies uploaded files.
+  IRkernel, Hearth's java kernel on Debian's JDK 17), the pinned data stack and Hearth's
+  interpreter server on port 49999, started by the template's start command. Its files
+  (the package list, the server's source, the java kernel's runner) are copied in from
+  this installation, as a user's COPY copies uploaded files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from hearth.interpreter.java import kernel as java_kernel
 from hearth.template.recipe import Base, Recipe, Step
 
 BASE = "base"
@@ -37,6 +39,9 @@ BASE_PACKAGES = (
 )
 # R and IRkernel from Debian (CRAN's binaries are not on the archive).
 INTERPRETER_APT = ("r-cran-irkernel",)
+# The java kernel's JVM, javac and JShell; its runner is compiled in the template.
+JAVA_APT = ("openjdk-17-jdk-headless",)
+JAVA_SOURCE = Path(java_kernel.SOURCE)
 REQUIREMENTS = Path(__file__).with_name("code_interpreter_requirements.txt")
 SERVER_SOURCE = Path(__file__).parents[1] / "interpreter"
 SERVER_DIR = "/opt/hearth/interpreter"
@@ -77,6 +82,8 @@ def _code_interpreter(files_dir: Path) -> Recipe:
     for path in sorted(SERVER_SOURCE.rglob("*.py")):
         server[f"hearth/interpreter/{path.relative_to(SERVER_SOURCE)}"] = path.read_bytes()
     source = _tar(files_dir, server)
+    java_source = _tar(files_dir, {"Repl.java": JAVA_SOURCE.read_bytes()})
+    runner_source = f"{java_kernel.RUNNER_DIR}/Repl.java"
     pip = (
         "python3 -m pip install -q --no-warn-script-location --root-user-action=ignore"
         " --no-deps -r /tmp/hearth-requirements.txt && rm /tmp/hearth-requirements.txt"
@@ -105,6 +112,9 @@ def _code_interpreter(files_dir: Path) -> Recipe:
                 files_hash=requirements,
             ),  # fmt: skip
             Step("RUN", (pip, "root")),
+            Step("RUN", (_APT.format(packages=" ".join(JAVA_APT)), "root")),
+            Step("COPY", ("Repl.java", runner_source, "root", ""), files_hash=java_source),
+            Step("RUN", (java_kernel.build_command(runner_source), "root")),
             # Last, so that editing the server rebuilds only this layer.
             Step("COPY", ("hearth", f"{SERVER_DIR}/hearth", "root", ""), files_hash=source),
         ),
@@ -114,6 +124,7 @@ def _code_interpreter(files_dir: Path) -> Recipe:
         memory_mb=1024,
         host_files={
             requirements: str(files_dir / requirements),
+            java_source: str(files_dir / java_source),
             source: str(files_dir / source),
         },
     )

@@ -1,0 +1,1 @@
+"""The java kernel: `kernel.py` (ipykernel) in front of JShell in a JVM (`Repl.java`)."""
