@@ -57,6 +57,7 @@ def test_npm_code_interpreter(hearth: Hearth, node_modules: Path) -> None:
     results = _node(hearth, "run_code.mjs")
     assert results["python"] == "42"
     assert results["chart"] == "line"
+    assert results["java"] is True
     assert results["timeout"] is True
     assert results["killed"] == "TimeoutError"
     assert results["done"] is True

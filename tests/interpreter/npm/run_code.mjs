@@ -34,6 +34,23 @@ async function main() {
     check(r.results[0].text === '[1] 2', `r ${JSON.stringify(r.results)}`)
     record('languages', ['python', 'typescript', 'bash', 'r'])
 
+    const decl = await sbx.runCode('int x = 40;', { language: 'java' })
+    check(!decl.error && decl.results.length === 0, `java decl ${JSON.stringify(decl)}`)
+    check((await sbx.runCode('x + 2', { language: 'java' })).text === '42', 'java state')
+    const jenv = await sbx.runCode('System.getProperty("PER_RUN")', {
+      language: 'java',
+      envs: { PER_RUN: 'java yes' },
+    })
+    check(jenv.text === 'java yes', `java env ${jenv.text}`)
+    const jerr = await sbx.runCode('int zero = 0; 1 / zero', { language: 'java' })
+    check(jerr.error && jerr.error.name === 'EvalException', `java error ${JSON.stringify(jerr.error)}`)
+    check(jerr.error.traceback.includes('ArithmeticException'), 'java traceback')
+    const jctx = await sbx.createCodeContext({ cwd: '/tmp', language: 'java' })
+    const jcwd = await sbx.runCode('System.getProperty("user.dir")', { context: jctx })
+    check(jcwd.text === '/tmp', `java cwd ${jcwd.text}`)
+    await sbx.removeCodeContext(jctx)
+    record('java', true)
+
     const env = await sbx.runCode('import os\nos.environ["PER_RUN"]', { envs: { PER_RUN: 'yes' } })
     check(env.text === 'yes', `env ${env.text}`)
     const gone = await sbx.runCode('import os\nos.environ.get("PER_RUN", "unset")')
