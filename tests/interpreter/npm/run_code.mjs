@@ -49,6 +49,14 @@ async function main() {
     const jcwd = await sbx.runCode('System.getProperty("user.dir")', { context: jctx })
     check(jcwd.text === '/tmp', `java cwd ${jcwd.text}`)
     await sbx.removeCodeContext(jctx)
+    let javaTimedOut = false
+    try {
+      await sbx.runCode('while (true) { Thread.sleep(50); }', { language: 'java', timeoutMs: 1500 })
+    } catch (e) {
+      javaTimedOut = e.name === 'TimeoutError'
+    }
+    check(javaTimedOut, 'java timeout')
+    check((await sbx.runCode('x', { language: 'java' })).text === '40', 'java after the timeout')
     record('java', true)
 
     const env = await sbx.runCode('import os\nos.environ["PER_RUN"]', { envs: { PER_RUN: 'yes' } })
