@@ -151,9 +151,10 @@ def npm_installed(directory: Path, package: str) -> Path:
     return modules
 
 
-def run_npm_script(script: Path, env: dict[str, str]) -> dict[str, list]:
+def run_npm_script(script: Path, env: dict[str, str], timeout: float = 600) -> dict[str, list]:
     """Run a Node script with the npm `e2b` SDK of tests/sdk/npm; returns the values it
-    printed as `RESULT <key> <json>` lines, by key, in order."""
+    printed as `RESULT <key> <json>` lines, by key, in order. `timeout` only keeps a hung
+    stream from hanging the suite; no speed is asserted."""
     npm = ROOT / "tests" / "sdk" / "npm"
     npm_installed(npm, "e2b")
     done = subprocess.run(
@@ -162,6 +163,7 @@ def run_npm_script(script: Path, env: dict[str, str]) -> dict[str, list]:
         env={**os.environ, **env},
         capture_output=True,
         text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     results: dict[str, list] = {}

@@ -10,9 +10,6 @@ so that a stream that never ends fails the test instead of hanging it.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +17,10 @@ import httpx
 import pytest
 from e2b import Sandbox, SandboxNotRunningException
 
-from .conftest import Hearth, npm_installed, served_containers
+from .conftest import Hearth, run_npm_script, served_containers
 
 pytestmark = pytest.mark.root
 
-NPM = Path(__file__).parents[1] / "sdk" / "npm"
 JS_KILL = Path(__file__).with_name("kill_during_run.mjs")
 ENDED = "killed or reached its end of life"
 
@@ -77,21 +73,8 @@ def test_a_memory_pause_ends_a_running_commands_stream(sandbox: Sandbox) -> None
 
 
 def test_js_sandbox_killed_during_run(hearth: Hearth) -> None:
-    npm_installed(NPM, "e2b")
-    done = subprocess.run(
-        ["node", "--input-type=module", "-e", JS_KILL.read_text()],
-        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
-        env={**os.environ, **hearth.env()},
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hung stream must not hang the suite; no speed is asserted
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, name, value = line.split(" ", 2)
-            results[name] = json.loads(value)
+    printed = run_npm_script(JS_KILL, hearth.env(), timeout=300)
+    results = {name: values[-1] for name, values in printed.items()}
     assert results["killed"] is True
     # JS reports the stream's `unavailable` end as a TimeoutError, as it does with E2B.
     assert results["waited"]["name"] == "TimeoutError", results["waited"]

@@ -3,35 +3,18 @@ metadata filter as JS encodes it, and envd through the gateway."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import Hearth, npm_installed
+from .conftest import Hearth, run_npm_script
 
 pytestmark = pytest.mark.root
 
-NPM = Path(__file__).parents[1] / "sdk" / "npm"
 SCRIPT = Path(__file__).with_name("control_plane.mjs")
 
 
 def test_npm_sdk_control_plane(hearth: Hearth) -> None:
-    npm_installed(NPM, "e2b")
-    result = subprocess.run(
-        ["node", "--input-type=module", "-e", SCRIPT.read_text()],
-        cwd=NPM,  # resolves `e2b` from tests/sdk/npm/node_modules
-        env={**os.environ, **hearth.env()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    results = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, name, value = line.split(" ", 2)
-            results[name] = json.loads(value)
+    printed = run_npm_script(SCRIPT, hearth.env(), timeout=120)
+    results = {name: values[-1] for name, values in printed.items()}
     assert results["listed"] == 1 and results["done"] is True
