@@ -34,7 +34,7 @@ from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import new_id
 from hearth.api._settings import ApiSettings
-from hearth.api._templates import ready_build
+from hearth.api._templates import forget_artifacts, ready_build
 from hearth.node.interface import Node, PauseNotSupported, SandboxNotFound, SandboxSpec
 from hearth.store import Sandbox, SandboxState, Store, Team
 from hearth.template.artifact import Artifact
@@ -593,13 +593,8 @@ class Sandboxes:
         return results
 
     async def forget(self, dropped: list[Artifact]) -> None:
-        """Let the node free what only `dropped` (no template's build) used, once the
-        sandboxes using it are gone; a failure leaves it for the next."""
-        try:
-            keep = [Artifact.from_json(a) for a in await self._store.all_artifacts()]
-            await self._node.forget_artifacts(keep=keep, drop=dropped)
-        except Exception:
-            log.exception("freeing %s failed", ", ".join(a.key for a in dropped))
+        """Let the node free what only `dropped` (no template's build) used."""
+        await forget_artifacts(self._store, self._node, dropped)
 
     async def kill(self, team_id: str | None, sandbox_id: str, reason: str = "killed") -> bool:
         """Kill a live sandbox, running or paused (of `team_id`, unless None); False if

@@ -285,14 +285,10 @@ class Templates:
             dropped = await self._store.delete_template_with_builds(team.id, template.template_id)
         if dropped is None:
             raise ApiError(404, f"Template '{template_ref}' not found")
-        forget = getattr(self._node, "forget_artifacts", None)
-        if forget is None or not dropped:
-            return
-        try:
-            keep = [Artifact.from_json(a) for a in await self._store.all_artifacts()]
-            await forget(keep=keep, drop=[Artifact.from_json(a) for a in dropped])
-        except Exception:  # the template is gone; its layers wait for the next delete
-            log.exception("freeing the layers of template %s failed", template.template_id)
+        if dropped:
+            await forget_artifacts(
+                self._store, self._node, [Artifact.from_json(a) for a in dropped]
+            )
 
     async def set_public(self, team: Team, template_ref: str, public: bool | None) -> Template:
         """Publish or unpublish; 403 for a template of another team (infra's answer)."""
@@ -355,6 +351,20 @@ class Templates:
         if template.team_id != team.id:
             raise ApiError(403, f"You don't have access to template '{template_ref}'")
         return template
+
+
+async def forget_artifacts(store: Store, node: Node, dropped: list[Artifact]) -> None:
+    """Let the node free what only `dropped` used (a deleted template's builds, a fork's
+    capture), keeping what any build in the store still names; what sandboxes still use
+    goes once they do. A failure is logged: the layers wait for the next deletion."""
+    forget = getattr(node, "forget_artifacts", None)
+    if forget is None:
+        return
+    try:
+        keep = [Artifact.from_json(a) for a in await store.all_artifacts()]
+        await forget(keep=keep, drop=dropped)
+    except Exception:
+        log.exception("freeing %s failed", ", ".join(a.key for a in dropped))
 
 
 async def ready_build(
