@@ -15,13 +15,18 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hearth.serve import ServerThread
+
+if TYPE_CHECKING:
+    from e2b import Sandbox
 
 ROOT = Path(__file__).parents[2]
 
@@ -210,6 +215,19 @@ def served_containers(prefix: str, max_snapshots: int | None = None) -> Iterator
     finally:
         assert server.stop(), "hearth serve did not stop"
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox(hearth: Hearth) -> Iterator[Sandbox]:
+    """A `base` sandbox of the module's server, killed after the test (modules that want
+    another shape define their own)."""
+    from e2b import Sandbox
+
+    sbx = Sandbox.create("base", timeout=300, metadata={"test": uuid.uuid4().hex})
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ against a container-runtime `hearth serve`.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,15 +26,6 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a
 def hearth() -> Iterator[Hearth]:
     with served_containers("hearth-boot-id-") as info:
         yield info
-
-
-@pytest.fixture
-def sandbox(hearth: Hearth) -> Iterator[Sandbox]:
-    sbx = Sandbox.create("base", timeout=300, metadata={"test": uuid.uuid4().hex})
-    try:
-        yield sbx
-    finally:
-        sbx.kill()
 
 
 def _boot_id(sandbox: Sandbox) -> str:

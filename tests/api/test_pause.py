@@ -156,15 +156,6 @@ def node_dir(server: tuple[Hearth, Path]) -> Path:
     return server[1] / "node"
 
 
-@pytest.fixture
-def sandbox(hearth: Hearth) -> Iterator[Sandbox]:
-    sbx = Sandbox.create("base", timeout=300, metadata={"test": uuid.uuid4().hex})
-    try:
-        yield sbx
-    finally:
-        sbx.kill()
-
-
 def _envd_status(hearth: Hearth, sandbox_id: str, token: str | None) -> int:
     headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": "49983"}
     if token:
