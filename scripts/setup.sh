@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # qemu-system-x86, qemu-utils, lz4, e2fsprogs, cpio, procps: the microvm runtime (QEMU,
 # qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl);
-# openssl: the certificates of the old-SDK tests' TLS front.
+# openssl: the certificates of the old-SDK tests' TLS front; libnss-myhostname: glibc
+# resolves `*.localhost` (the sandbox hosts `sandbox.get_host()` names) to loopback.
 apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables
-  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry openssl)
+  qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry openssl
+  libnss-myhostname)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -26,6 +28,19 @@ if ((${#missing[@]})); then
   # their own on loopback.
   if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+fi
+
+# The package adds `myhostname` after `files` on the hosts line of nsswitch.conf only at
+# its first installation; a line edited since (or written by an image) may lack it.
+if [[ -f /etc/nsswitch.conf ]] && ! grep -qE '^hosts:[^#]*\smyhostname(\s|#|$)' /etc/nsswitch.conf; then
+  echo "setup: adding myhostname to the hosts line of /etc/nsswitch.conf" >&2
+  if grep -qE '^hosts:[^#]*\sfiles(\s|#|$)' /etc/nsswitch.conf; then
+    sed -E -i '/^hosts:/ s/(\sfiles(\s+\[[^]]+\])?)(\s|#|$)/\1 myhostname\3/' /etc/nsswitch.conf
+  elif grep -qE '^hosts:' /etc/nsswitch.conf; then
+    sed -E -i '/^hosts:/ s/^hosts:(\s*)/hosts:\1myhostname /' /etc/nsswitch.conf
+  else
+    echo "hosts: files myhostname dns" >>/etc/nsswitch.conf
   fi
 fi
 

@@ -89,6 +89,25 @@ def main(argv: list[str] | None = None) -> None:
         " CPU has hardware virtualization, container elsewhere)",
     )
     serve.add_argument("--proxy-port", type=int, help="also serve sandbox traffic alone here")
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="certificate chain (PEM) for https on the same port (default: HEARTH_TLS_CERT,"
+        " else certificates of a local CA made in DATA_DIR/tls)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="its private key (default: HEARTH_TLS_KEY, else in the --tls-cert file)",
+    )
+    serve.add_argument(
+        "--no-trust-ca",
+        dest="trust_ca",
+        action="store_false",
+        help="do not add the local CA to this machine's trust store",
+    )
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser(
@@ -393,6 +412,9 @@ def _serve(args: argparse.Namespace) -> int:
         runtime=runtime,
         proxy_port=args.proxy_port,
         pool_sizes=settings().pool_sizes,
+        tls_cert=args.tls_cert or settings().tls_cert,
+        tls_key=args.tls_key or settings().tls_key,
+        trust_ca=args.trust_ca,
     )
     return main(options)
 

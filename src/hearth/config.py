@@ -41,6 +41,15 @@ class Settings:
     build_concurrency: int = 2
     # Snapshots a team may keep (HEARTH_MAX_SNAPSHOTS); past it a snapshot is a 429.
     max_snapshots: int = 100
+    # The certificate chain and key `hearth serve` presents to TLS clients
+    # (HEARTH_TLS_CERT, HEARTH_TLS_KEY; PEM; no key: it is in the certificate's file).
+    # No certificate: a local CA's, made under the data directory.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The DNS servers sandboxes are given, and that the egress proxy resolves their
+    # allowed domains with (HEARTH_SANDBOX_DNS, comma-separated IPv4 addresses). Empty:
+    # the host's own (/etc/resolv.conf), unless that is a loopback stub.
+    sandbox_dns: list[str] = field(default_factory=list)
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,7 +68,22 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         build_ca_bundle=_ca_bundle(env.get("HEARTH_BUILD_CA_BUNDLE")),
         build_concurrency=_positive(env, "HEARTH_BUILD_CONCURRENCY", 2),
         max_snapshots=_positive(env, "HEARTH_MAX_SNAPSHOTS", 100),
+        tls_cert=_path(env.get("HEARTH_TLS_CERT")),
+        tls_key=_path(env.get("HEARTH_TLS_KEY")),
+        sandbox_dns=_addresses(env, "HEARTH_SANDBOX_DNS"),
     )
+
+
+def _addresses(env: Mapping[str, str], name: str) -> list[str]:
+    import ipaddress
+
+    found = [part.strip() for part in (env.get(name) or "").split(",") if part.strip()]
+    for part in found:
+        try:
+            ipaddress.IPv4Address(part)
+        except ValueError:
+            raise ValueError(f"{name}: {part!r} is not an IPv4 address") from None
+    return found
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -73,6 +97,10 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     if number < 1:
         raise ValueError(f"{name}: {value!r} is not a positive number")
     return number
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value.strip()).expanduser() if value and value.strip() else None
 
 
 def _ca_bundle(value: str | None) -> Path | None:

@@ -3,7 +3,9 @@
 The gateway (`hearth.proxy`) owns the public listener: requests for a sandbox go to the
 node's sandbox, the rest to the API, which uvicorn serves on a private abstract Unix
 socket in the same event loop. One port therefore serves E2B_API_URL and
-E2B_SANDBOX_URL alike (spec §1.6, recipe A).
+E2B_SANDBOX_URL alike (spec §1.6, recipe A), in plain HTTP and in TLS: with the
+operator's certificate, or a local CA's that this machine trusts (`hearth.tls`), so that
+`https://{sandbox.get_host(port)}` works as it does at E2B.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,11 +36,12 @@ from hearth.api import (
     start_builtin,
 )
 from hearth.node.interface import Node
-from hearth.proxy import Gateway, listen
+from hearth.proxy import Gateway, Listener, TLSContexts, listen
 from hearth.store import Build, Store
 from hearth.store import open as open_store
 from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe
+from hearth.tls import LocalCA, certificate_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +71,16 @@ class ServeOptions:
     build_concurrency: int | None = None
     # Snapshots a team may keep; None: HEARTH_MAX_SNAPSHOTS's.
     max_snapshots: int | None = None
+    # The certificate (chain) and key TLS clients get; no key: it is in the certificate's
+    # file. No certificate: the local CA's, kept in `{data_dir}/tls`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Add the local CA to this machine's trust store (`hearth serve` does; a program or
+    # test that embeds the server trusts `Running.ca` itself, or asks for this).
+    trust_ca: bool = False
+    # The DNS servers sandboxes are given (and the egress proxy resolves with); empty:
+    # HEARTH_SANDBOX_DNS's, else the host's.
+    sandbox_dns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -82,6 +95,10 @@ class Running:
     proxy_port: int | None
     store: Store
     app: object = field(repr=False)
+    # The local CA whose certificates the port presents to TLS clients; None: the
+    # operator's certificate.
+    ca: LocalCA | None = None
+    ca_trusted: bool = False  # whether this machine's trust store holds it
 
     def environment(self) -> dict[str, str]:
         """The variables of spec §1.6 recipe A that point the SDKs here (the key only
@@ -109,14 +126,29 @@ async def serve(
     """Run until `stop` is set (or SIGINT/SIGTERM when run from the main thread)."""
     stop = stop or asyncio.Event()
     data_dir, url = _storage(options)
+    # Before anything starts: a certificate that cannot be loaded is a bad option.
+    tls, ca = await asyncio.to_thread(_tls, options, data_dir)
+    trusted = ca is not None and (
+        await asyncio.to_thread(ca.install) if options.trust_ca else ca.trusted()
+    )
     store = await open_store(url)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # From here on a signal stops the server cleanly, even one sent during start.
         stack.enter_context(_signals_set(stop))
         _, api_key = await store.ensure_default_team()
+        # Bound before the node starts (its rules open these ports to sandboxes), served
+        # once everything is ready.
+        public = listen(options.host, options.port)
+        stack.callback(public.close)  # a no-op once its server has closed it
+        port = public.getsockname()[1]
+        proxy_sock = None
+        if options.proxy_port is not None:
+            proxy_sock = listen(options.host, options.proxy_port)
+            stack.callback(proxy_sock.close)
+        ports = (port,) + ((proxy_sock.getsockname()[1],) if proxy_sock else ())
         if node is None:
-            node = await _start_node(options, data_dir)
+            node = await _start_node(options, data_dir, ca, ports)
         elif (start := getattr(node, "start", None)) is not None:
             # A node given by the caller is started (and so reconciled) here too: the
             # API's reconcile below asks it what it runs and holds paused.
@@ -166,13 +198,6 @@ async def serve(
             echo=_progress(CODE_INTERPRETER_TEMPLATE),
         )
 
-        public = listen(options.host, options.port)
-        stack.callback(public.close)  # a no-op once its server has closed it
-        port = public.getsockname()[1]
-        proxy_sock = None
-        if options.proxy_port is not None:
-            proxy_sock = listen(options.host, options.proxy_port)
-            stack.callback(proxy_sock.close)
         domains = options.domains or (f"localhost:{port}",)
         settings = settings.model_copy(update={"domain": domains[0]})
         app = create_app(store, node, settings, builds=builds)
@@ -181,12 +206,14 @@ async def serve(
 
         directory = live_sandboxes(app)
         gateway = Gateway(directory, domains=domains, api_socket=api_socket)
-        listeners = [await asyncio.start_server(gateway.handle, sock=public)]
+        listeners = [Listener(public, gateway.handle, tls=tls)]
         gateways = [gateway]
         if proxy_sock is not None:
             proxy_only = Gateway(directory, domains=domains)
-            listeners.append(await asyncio.start_server(proxy_only.handle, sock=proxy_sock))
+            listeners.append(Listener(proxy_sock, proxy_only.handle, tls=tls))
             gateways.append(proxy_only)
+        for listener in listeners:
+            listener.start()
         stack.push_async_callback(_stop_listeners, listeners, gateways)
 
         reachable = _reachable_host(options.host)
@@ -202,6 +229,8 @@ async def serve(
             proxy_port=proxy_sock.getsockname()[1] if proxy_sock else None,
             store=store,
             app=app,
+            ca=ca,
+            ca_trusted=trusted,
         )
         if started is not None:
             started(running)
@@ -212,6 +241,8 @@ async def serve(
             name="hearth-after-start",
         )
         stack.push_async_callback(_cancel, later)
+        names = asyncio.create_task(_check_names(domains), name="hearth-check-names")
+        stack.push_async_callback(_cancel, names)
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, api_task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -257,11 +288,64 @@ def _progress(name: str) -> Callable[[str, str, str | None], None]:
     return echo
 
 
-async def _start_node(options: ServeOptions, data_dir: Path) -> Node:
-    """The in-process node, started (and so reconciled) before the API reconciles."""
+def _tls(options: ServeOptions, data_dir: Path) -> tuple[TLSContexts, LocalCA | None]:
+    """The TLS contexts of the listeners, and the local CA unless the operator gave a
+    certificate. A client that sends no SNI (it connected to an IP address) gets the
+    local CA's leaf for the address it connected to."""
+    if options.tls_cert is None:
+        if options.tls_key is not None:
+            raise ValueError("--tls-key (HEARTH_TLS_KEY) needs --tls-cert (HEARTH_TLS_CERT)")
+        ca = LocalCA.load_or_create(data_dir / "tls")
+        return ca.sni_context, ca
+    context = certificate_context(options.tls_cert, options.tls_key)
+    return (lambda _address: context), None
+
+
+async def _check_names(domains: Sequence[str]) -> None:
+    """Say what to do if sandbox hosts (`1-x.{domain}`) do not resolve on this machine."""
+    loop = asyncio.get_running_loop()
+    for domain in domains:
+        bare = domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
+        name = f"1-x.{bare}"
+        try:
+            await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            pass
+        else:
+            continue
+        if bare == "localhost" or bare.endswith(".localhost"):
+            log.warning(
+                "sandbox hosts such as %s do not resolve on this machine (curl and browsers"
+                " resolve *.localhost themselves, other programs ask glibc): install"
+                " libnss-myhostname (apt-get install libnss-myhostname; it adds"
+                " `myhostname` to the hosts line of /etc/nsswitch.conf)",
+                name,
+            )
+        else:
+            log.warning(
+                "sandbox hosts such as %s do not resolve: add the DNS records *.%s and %s"
+                " (A or AAAA) pointing at this machine",
+                name,
+                bare,
+                bare,
+            )
+
+
+async def _start_node(
+    options: ServeOptions, data_dir: Path, ca: LocalCA | None, ports: tuple[int, ...]
+) -> Node:
+    """The in-process node, started (and so reconciled) before the API reconciles; `ca`
+    is the local CA (None with the operator's certificate), `ports` the server's own,
+    which sandboxes may reach (another sandbox's ports through the proxy)."""
     from hearth.node.local import LocalNode
 
-    node = LocalNode(data_dir / "node", runtime=options.runtime)  # type: ignore[arg-type]
+    node = LocalNode(
+        data_dir / "node",
+        runtime=options.runtime,  # type: ignore[arg-type]
+        ca=ca,
+        public_ports=ports,
+        dns_servers=list(options.sandbox_dns) or config.settings().sandbox_dns or None,
+    )
     try:
         await node.start()
     except BaseException:
@@ -366,7 +450,7 @@ async def _stop_api(server: _Uvicorn, task: asyncio.Task[None]) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _stop_listeners(listeners: list[asyncio.Server], gateways: list[Gateway]) -> None:
+async def _stop_listeners(listeners: list[Listener], gateways: list[Gateway]) -> None:
     for listener in listeners:
         listener.close()
     for gateway in gateways:
@@ -408,6 +492,19 @@ def main(options: ServeOptions) -> int:
                 "the default team's API key was printed at its first start;"
                 " `hearth keys create` makes another"
             )
+        if running.ca is not None:
+            trust = (
+                "which this machine trusts"
+                if running.ca_trusted
+                else "which is not in this machine's trust store: clients must trust it"
+            )
+            log.info(
+                "https on the same port, with certificates of the local CA %s, %s",
+                running.ca.cert_path,
+                trust,
+            )
+        else:
+            log.info("https on the same port, with the certificate given")
         log.info("listening on %s; point the E2B SDK at it with:", running.api_url)
         print("\n".join(running.recipe()), flush=True)
 

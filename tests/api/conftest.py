@@ -193,15 +193,17 @@ def team_key(hearth: Hearth, team_name: str) -> str:
 
 
 @contextlib.contextmanager
-def served_containers(prefix: str, max_snapshots: int | None = None) -> Iterator[Hearth]:
+def served_containers(
+    prefix: str, max_snapshots: int | None = None, **options: object
+) -> Iterator[Hearth]:
     """A container-runtime `hearth serve` on a fresh searchable data directory, the SDK's
     variables pointing at it; every sandbox left is killed before the server stops
-    (container sandboxes outlive it)."""
+    (container sandboxes outlive it). `options`: more of `ServeOptions`."""
     if os.geteuid() != 0:
         pytest.skip("needs root: container sandboxes")
     data = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     data.chmod(0o755)  # the runtime's unprivileged ids search every parent
-    server, info = serve_containers(data, max_snapshots=max_snapshots)
+    server, info = serve_containers(data, max_snapshots=max_snapshots, **options)
     try:
         with pytest.MonkeyPatch.context() as patch:
             for name, value in info.env().items():
@@ -215,6 +217,14 @@ def served_containers(prefix: str, max_snapshots: int | None = None) -> Iterator
     finally:
         assert server.stop(), "hearth serve did not stop"
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def served_network(prefix: str, dns: str) -> Iterator[Hearth]:
+    """`served_containers` on every address (sandboxes reach it at their gateway, as
+    they reach another sandbox's ports) whose sandboxes resolve names with `dns`."""
+    with served_containers(prefix, host="0.0.0.0", sandbox_dns=(dns,)) as hearth:
+        yield hearth
 
 
 @pytest.fixture
@@ -245,22 +255,26 @@ def serve_containers(
     port: int = 0,
     pool_sizes: dict[str, int] | None = None,
     max_snapshots: int | None = None,
+    **options: object,
 ) -> tuple[ServerThread, Hearth]:
     """`hearth serve --runtime container` in a thread; returns it and how to reach it.
     No warm pool unless `pool_sizes` asks for one (other tests count every sandbox)."""
     from hearth.serve import ServeOptions
 
     url = f"sqlite:///{data_dir}/hearth.db"
-    options = ServeOptions(
-        host="127.0.0.1",
-        port=port,
-        data_dir=data_dir,
-        database_url=url,
-        runtime="container",
-        pool_sizes=pool_sizes or {},
-        max_snapshots=max_snapshots,
+    serve = ServeOptions(
+        **{
+            "host": "127.0.0.1",
+            "port": port,
+            "data_dir": data_dir,
+            "database_url": url,
+            "runtime": "container",
+            "pool_sizes": pool_sizes or {},
+            "max_snapshots": max_snapshots,
+            **options,
+        }
     )
-    server = ServerThread(options)
+    server = ServerThread(serve)
     running = server.start()
     info = Hearth(
         api_url=running.api_url,

@@ -105,10 +105,14 @@ def test_a_pooled_sandbox_is_the_creates_own(container_data_dir, monkeypatch) ->
         assert again.commands.run("echo $POOL_TEST").stdout == "sdk\n"
 
         _filled(server, 2)  # refilled in the background
-        cold = Sandbox.create("base", allow_internet_access=False, timeout=300)
-        assert _records(data_dir)[cold.sandbox_id]["pooled"] is False
-        assert cold.commands.run("echo cold").stdout == "cold\n"
-        assert cold.kill() is True
+        # A create with network rules claims one too, its slot given the create's rules.
+        offline = Sandbox.create("base", allow_internet_access=False, timeout=300)
+        (record,) = [
+            r for r in _records(data_dir).values() if r.get("claimed_as") == offline.sandbox_id
+        ]
+        assert record["egress"]["deny"] == ["0.0.0.0/0"]
+        assert offline.commands.run("echo claimed").stdout == "claimed\n"
+        assert offline.kill() is True
         left = _waiting(data_dir)
     except BaseException:
         _kill_all()

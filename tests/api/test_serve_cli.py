@@ -15,7 +15,7 @@ import pytest
 def _serve(data_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "hearth.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-        + ["--data-dir", str(data_dir), "--runtime", "isolated"],
+        + ["--data-dir", str(data_dir), "--runtime", "isolated", "--no-trust-ca"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

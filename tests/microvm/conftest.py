@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hearth.node.interface import SandboxSpec
+from hearth.node.network.rules import SLOT_SETS
 
 PREFIX = "hvt"
 TABLE = "hearth_vmtest"
@@ -146,10 +147,16 @@ def leaks(node) -> dict[str, list]:
         "sandbox dirs": sorted(os.listdir(driver.sandboxes_dir)),
         "interfaces": [i for i in network["interfaces"] if i not in pooled_slots],
         "netns": [n for n in network["netns"] if f"{PREFIX}{n}" not in pooled_slots],
-        "sources": [e for e in network["sources"] if e[0] not in pooled_slots],
-        "offline": network["offline"],
+        **{
+            name: [e for e in network[name] if _interface(e) not in pooled_slots]
+            for name in SLOT_SETS
+        },
     }
     return {k: v for k, v in found.items() if v}
+
+
+def _interface(element) -> str:
+    return element[0] if isinstance(element, tuple) else element
 
 
 async def close_restarted(node, data_dir: Path, pool: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from e2b.exceptions import AuthenticationException
 
 from hearth.node.interface import SandboxNotFound
+from hearth.node.network.policy import OFFLINE
 
 from .conftest import (
     COUNTER,
@@ -153,11 +154,11 @@ async def test_a_crashed_qemu_releases_what_it_held(node):
 
 
 async def test_offline_sandbox_is_marked_offline(node):
-    s = spec(allow_internet=False)
+    s = spec(egress=OFFLINE)
     await node.create(s)
     try:
         vm = node.sandbox(s.sandbox_id)
-        assert vm.slot.interface in node.runtime.network.leftovers()["offline"]
+        assert (vm.slot.interface, "0.0.0.0/0") in node.runtime.network.leftovers()["deny_out"]
     finally:
         await node.kill(s.sandbox_id)
     assert await wait_no_leaks(node) == {}

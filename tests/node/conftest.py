@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from hearth.node.interface import SandboxSpec
+from hearth.node.network.rules import SLOT_SETS
 
 ROOT_ONLY = [
     pytest.mark.root,
@@ -110,7 +111,7 @@ def leaks(data_dir: Path) -> dict[str, list]:
         "netns pins": _ls(data_dir / "netns"),
         "netns mounts": [line for line in mountinfo if "nsfs" in line and str(data_dir) in line],
         "interfaces": [n for n in _ls(Path("/sys/class/net")) if n.startswith(INTERFACE_PREFIX)],
-        "rules": _nft_elements("sources") + _nft_elements("offline"),
+        "rules": [e for name in SLOT_SETS for e in _nft_elements(name)],
         "mounts (any namespace)": [
             line for line in _all_mount_tables().splitlines() if str(data_dir) in line
         ],

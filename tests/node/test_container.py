@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hearth.node.network.policy import OFFLINE
+
 from .conftest import ROOT_ONLY, HostServer, leaks, spec, wait_no_leaks
 
 pytestmark = ROOT_ONLY
@@ -154,7 +156,7 @@ async def test_limits_and_confinement_apply(node, sdk_env) -> None:
 
 
 async def test_egress_is_allowed_or_denied_per_sandbox(node, sdk_env, internet) -> None:
-    online, offline = spec(), spec(allow_internet=False)
+    online, offline = spec(), spec(egress=OFFLINE)
     addresses = await asyncio.gather(node.create(online), node.create(offline))
     try:
         for address, allowed in zip(addresses, (True, False), strict=True):

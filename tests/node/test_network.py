@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hearth.node.network.policy import OFFLINE
+
 from .conftest import ROOT_ONLY
 
 pytestmark = ROOT_ONLY
@@ -41,7 +43,7 @@ def _inside(slot, *argv: str) -> str:
 
 
 def test_a_slot_is_a_namespace_with_a_veth_pair_an_address_and_rules(pool) -> None:
-    slot = pool.acquire(allow_internet=False)
+    slot = pool.acquire(OFFLINE)
     try:
         net = ipaddress.ip_network(f"{slot.address}/30", strict=False)
         assert ipaddress.ip_address(slot.gateway) in net and net.subnet_of(pool.pool)
@@ -61,7 +63,7 @@ def test_a_slot_is_a_namespace_with_a_veth_pair_an_address_and_rules(pool) -> No
         ]
         left = pool.leftovers()
         assert left["sources"] == [(slot.interface, slot.address)]
-        assert left["offline"] == [slot.interface]
+        assert left["deny_out"] == [(slot.interface, "0.0.0.0/0")]
     finally:
         slot.release()
     slot.release()  # idempotent
@@ -107,7 +109,7 @@ def test_a_new_pool_sweeps_what_a_dead_one_left(pool, tmp_path: Path) -> None:
     from hearth.node.network import NetworkPool
 
     for _ in range(3):
-        pool.acquire(allow_internet=False)  # never released: the process "died"
+        pool.acquire(OFFLINE)  # never released: the process "died"
     assert len(pool.leftovers()["interfaces"]) == 3
     successor = NetworkPool(pool.state_dir, "10.202.0.0/16", interface_prefix=PREFIX, table=TABLE)
     successor.setup()
@@ -115,3 +117,58 @@ def test_a_new_pool_sweeps_what_a_dead_one_left(pool, tmp_path: Path) -> None:
     assert len(removed) == 3
     assert _empty(successor.leftovers())
     pool._used.clear()
+
+
+def _connects(slot, address: str) -> str:
+    """From inside the slot: "ok", "refused" (a reset or ICMP error) or "timeout"."""
+    host, port = address.split(":")
+    script = (
+        "import socket,sys\n"
+        "s=socket.socket(); s.settimeout(3)\n"
+        f"try: s.connect(({host!r},{port})); print('ok')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except OSError as e: print('timeout' if 'timed out' in str(e) else repr(e))\n"
+    )
+    return _inside(slot, "python3", "-c", script).strip()
+
+
+def test_egress_policies_are_kernel_rules_replaced_at_once(pool, internet) -> None:
+    from hearth.node.network.policy import Egress
+
+    slot = pool.acquire(Egress.parse(None, ["198.51.100.2"]))
+    try:
+        assert _connects(slot, internet.server) == "refused"  # denied: reset at once
+        slot.set_egress(Egress.parse(["198.51.100.0/24"], ["0.0.0.0/0"]))
+        assert _connects(slot, internet.server) == "ok"  # allowed over a deny of all
+        left = pool.leftovers()
+        assert left["allow_out"] == [(slot.interface, "198.51.100.0/24")]
+        assert left["deny_out"] == [(slot.interface, "0.0.0.0/0")]
+        # Link-local metadata stays closed whatever the policy allows.
+        slot.set_egress(Egress.parse(["169.254.0.0/16"]))
+        assert _connects(slot, internet.metadata) == "timeout"
+        slot.set_egress(Egress())
+        assert _connects(slot, internet.server) == "ok"
+        assert left != pool.leftovers() and pool.leftovers()["allow_out"] == []
+    finally:
+        slot.release()
+    assert _empty(pool.leftovers())
+
+
+def test_an_adopted_slot_gets_exactly_its_recorded_policy(pool) -> None:
+    from hearth.node.network import NetworkPool
+    from hearth.node.network.policy import Egress
+
+    old = Egress.parse(["8.8.8.8"], ["0.0.0.0/0"])
+    slot = pool.acquire(old)  # the process that made it "died" with this policy
+    successor = NetworkPool(pool.state_dir, "10.202.0.0/16", interface_prefix=PREFIX, table=TABLE)
+    successor.setup()
+    pool._used.clear()
+    new = Egress.parse(["1.1.1.0/24"], ["0.0.0.0/0"], allow_internet=False)
+    adopted = successor.adopt(slot.index, new)
+    try:
+        left = successor.leftovers()
+        assert left["allow_out"] == [(slot.interface, "1.1.1.0/24")]
+        assert left["deny_out"] == [(slot.interface, "0.0.0.0/0")]
+    finally:
+        adopted.release()
+    assert _empty(successor.leftovers())

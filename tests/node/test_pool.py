@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hearth.node.network.policy import OFFLINE
+
 from .conftest import ROOT_ONLY, leaks, spec
 from .test_pause import _envd, _run
 
@@ -168,13 +170,28 @@ async def test_a_create_of_the_pool_shape_claims_a_running_sandbox(started: Star
         assert node.address(s.sandbox_id) is None
 
 
+async def test_a_claimed_member_takes_the_network_policy_of_its_create(
+    started: Started,
+) -> None:
+    async with _pool_node(started, size=1) as node:
+        (member,) = _waiting(node.data_dir)
+        s = spec(egress=OFFLINE)
+        await node.create(s)
+        claimed = _records(node.data_dir)[member]
+        assert claimed.get("claimed_as") == s.sandbox_id
+        assert claimed["egress"] == OFFLINE.to_json()
+        slot = node.sandbox(s.sandbox_id).slot
+        deny = node.runtime.runtime.pool.leftovers()["deny_out"]
+        assert (slot.interface, "0.0.0.0/0") in deny
+        assert await node.kill(s.sandbox_id)
+
+
 async def test_a_create_of_another_shape_starts_cold(started: Started) -> None:
     async with _pool_node(started, size=1) as node:
         member = _waiting(node.data_dir)
         others = [
             spec(memory_mb=300),
             spec(cpu_count=2),
-            spec(allow_internet=False),
             spec(template="debian"),
         ]
         for s in others:

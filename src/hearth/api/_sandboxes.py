@@ -33,9 +33,17 @@ from hearth.api._builds import TemplateBuilds
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import new_id
+from hearth.api._network import egress_from, egress_of
 from hearth.api._settings import ApiSettings
 from hearth.api._templates import forget_artifacts, ready_build
-from hearth.node.interface import Node, PauseNotSupported, SandboxNotFound, SandboxSpec
+from hearth.node.interface import (
+    EgressNotSupported,
+    Node,
+    PauseNotSupported,
+    SandboxNotFound,
+    SandboxSpec,
+)
+from hearth.node.network.policy import UNRESTRICTED, Egress
 from hearth.store import Sandbox, SandboxState, Store, Team
 from hearth.template.artifact import Artifact
 
@@ -74,6 +82,7 @@ class CreateRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
     allow_internet: bool = True
+    egress: Egress = UNRESTRICTED  # allowOut, denyOut and rules, checked
     public_traffic: bool = True
     auto_pause: bool = False
     auto_resume: bool = False
@@ -179,12 +188,14 @@ class Sandboxes:
                 memory_mb=origin.memory_mb,
                 env_vars=dict(request.env_vars),
                 envd_access_token=envd_token,
-                allow_internet=request.allow_internet,
+                egress=request.egress,
                 metadata=dict(request.metadata),
                 artifact=origin.artifact,
             )
             try:
                 await self._node.create(spec)
+            except EgressNotSupported as e:
+                raise ApiError(400, str(e)) from None
             except Exception as e:
                 log.exception("node failed to create sandbox %s", sandbox_id)
                 raise ApiError(500, f"Failed to create sandbox: {e}") from e
@@ -395,7 +406,7 @@ class Sandboxes:
             memory_mb=sandbox.memory_mb,
             env_vars=dict(sandbox.env_vars or {}),
             envd_access_token=sandbox.envd_access_token,
-            allow_internet=sandbox.allow_internet is not False,
+            egress=egress_of(sandbox),
             metadata=dict(sandbox.metadata),
         )
         try:
@@ -434,6 +445,34 @@ class Sandboxes:
             log.info("sandbox %s resumes with its memory: %s", spec.sandbox_id, e)
             return
         await self._node.resume(spec)
+
+    async def update_network(
+        self, team: Team, sandbox_id: str, network: dict[str, Any], allow_internet: bool
+    ) -> None:
+        """Replace a sandbox's egress rules (`PUT .../network`): at once if it runs, on
+        its resume if it is paused. `network` holds the new allowOut, denyOut and rules;
+        the rest of its recorded config (public traffic, host mask) stays."""
+        async with self._lock(sandbox_id):
+            sandbox = await self._store.get_sandbox(team.id, sandbox_id)
+            if sandbox is None:
+                raise sandbox_not_found(sandbox_id)
+            kept = {
+                k: v
+                for k, v in (sandbox.network or {}).items()
+                if k not in ("allowOut", "denyOut", "rules")
+            }
+            recorded = {**kept, **network}
+            egress = egress_from(recorded, allow_internet)
+            if sandbox.state is SandboxState.RUNNING:
+                try:
+                    await self._node.update_network(sandbox_id, egress)
+                except SandboxNotFound:
+                    raise sandbox_not_found(sandbox_id) from None
+                except EgressNotSupported as e:
+                    raise ApiError(400, str(e)) from None
+            await self._store.set_sandbox_network(
+                sandbox_id, recorded, allow_internet=allow_internet, team_id=team.id
+            )
 
     async def pause(
         self,
@@ -560,6 +599,7 @@ class Sandboxes:
             metadata=dict(source.metadata),
             env_vars=dict(source.env_vars or {}),
             allow_internet=source.allow_internet is not False,
+            egress=egress_of(source),
             public_traffic=source.traffic_access_token is None,
             auto_pause=source.auto_pause,
             auto_resume=source.auto_resume,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from hearth.node.network.policy import UNRESTRICTED, Egress
 from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe
 
@@ -23,7 +24,7 @@ class SandboxSpec:
     memory_mb: int
     env_vars: dict[str, str] = field(default_factory=dict)
     envd_access_token: str | None = None  # set on envd through /init; None: no token
-    allow_internet: bool = True
+    egress: Egress = UNRESTRICTED  # what it may reach (E2B's allowOut, denyOut, rules)
     metadata: dict[str, str] = field(default_factory=dict)
     # What the sandbox starts from (the api resolves the template's ready build). None:
     # the built-in template named by `template_id` (busybox, debian, base, ...).
@@ -73,6 +74,10 @@ class SandboxNotFound(LookupError):
     pass
 
 
+class EgressNotSupported(RuntimeError):
+    """The runtime cannot enforce a network policy (the message says what to use)."""
+
+
 class PauseNotSupported(RuntimeError):
     """The runtime cannot pause this sandbox (the message says why and what to use)."""
 
@@ -111,6 +116,12 @@ class Node(Protocol):
         """Pause a running sandbox. Returns True when its memory was kept (a resume
         continues its processes), False for a filesystem-only pause (a resume boots it
         again over the same files). SandboxNotFound if it is not running here."""
+
+    async def update_network(self, sandbox_id: str, egress: Egress) -> None:
+        """Replace a running sandbox's egress policy at once, cutting the connections it
+        now forbids; a paused one gets its policy from its resume's spec. Raises
+        SandboxNotFound, or EgressNotSupported where the runtime cannot enforce one."""
+        ...
 
     async def resume(self, spec: SandboxSpec) -> SandboxAddress:
         """Resume the paused sandbox `spec.sandbox_id` (same id, same envd access

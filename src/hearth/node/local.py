@@ -30,12 +30,16 @@ from hearth.node.guest.envd_bundle import ensure_bundle
 from hearth.node.interface import (
     BuildLog,
     BuildRequest,
+    EgressNotSupported,
     PauseNotSupported,
     SandboxAddress,
     SandboxNotFound,
     SandboxSpec,
 )
 from hearth.node.network import NetworkPool
+from hearth.node.network.policy import UNRESTRICTED, Egress
+from hearth.node.network.resolvers import sandbox_resolvers
+from hearth.node.network.rules import DEFAULT_BLOCKED
 from hearth.node.network.slots import DEFAULT_POOL
 from hearth.node.pool import PoolShape, WarmPool
 from hearth.node.runtime import _freezer
@@ -49,6 +53,10 @@ log = logging.getLogger(__name__)
 
 RuntimeKind = Literal["container", "isolated", "microvm"]
 ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
+ISOLATED_EGRESS = (
+    "Network rules need the container or microvm runtime: isolated sandboxes share the "
+    "host's network (start hearth serve with --runtime container)."
+)
 
 
 class UnknownTemplate(LookupError):
@@ -64,6 +72,9 @@ class _Sandbox(Protocol):
         """What it was created from, as its record keeps it (None: not recorded)."""
 
     async def stop(self) -> None: ...
+
+    async def set_egress(self, egress: Egress) -> None:
+        """Replace what it may reach (EgressNotSupported where the runtime cannot)."""
 
     async def pause(self, memory: bool) -> _Paused:
         """Pause; with `memory` its processes are kept (the result says whether they
@@ -149,7 +160,12 @@ class LocalNode:
         dns_servers: list[str] | None = None,
         memory_reserve_mb: int | None = None,
         registry_mirror: str | None = None,
+        public_ports: tuple[int, ...] = (),
+        ca: object | None = None,
     ) -> None:
+        """`public_ports`: the server's ports sandboxes may reach (another sandbox's
+        ports through the proxy); `ca`: the local CA (`hearth.tls.LocalCA`) whose
+        certificates the egress proxy presents for header transforms over TLS."""
         self.data_dir = Path(data_dir)
         # Below this much available host memory, paused sandboxes that hold memory
         # (frozen containers) are turned into filesystem-only pauses, oldest first.
@@ -170,15 +186,23 @@ class LocalNode:
         self._pool_artifacts: dict[str, Artifact] = {}  # pool kind (artifact key) -> it
         self._pool_templates: dict[str, str] = {}  # pool kind -> the template it serves
         self._bundle_dir = bundle_dir
+        self._blocked = blocked_networks if blocked_networks is not None else DEFAULT_BLOCKED
+        self._resolvers = sandbox_resolvers(dns_servers)
+        self._public_ports = public_ports
+        self._ca = ca
+        self._egress = None  # the egress proxy, from start() on
+        self._policies: dict[str, Egress] = {}  # slot address -> its policy, for the proxy
         self._options = {
             "oci_runtime": oci_runtime,
             "network_pool": network_pool,
-            "blocked_networks": blocked_networks,
+            "blocked_networks": self._blocked,
             "pids_limit": pids_limit,
             "start_timeout": start_timeout,
             "no_new_privileges": no_new_privileges,
-            "dns_servers": dns_servers,
+            "dns_servers": self._resolvers,
         }
+        if ca is not None:
+            self._options["extra_ca"] = ca.cert_pem
         self.runtime: _Runtime | None = None
         self._sandboxes: dict[str, _Sandbox] = {}
         self._paused: dict[str, _Paused] = {}
@@ -202,6 +226,8 @@ class LocalNode:
         async with self._start_lock:
             if self.runtime is not None:
                 return []
+            if self.kind != "isolated":
+                self._options["slot_rules"] = await self._start_egress()
             if self.kind == "container":
                 runtime: _Runtime = _ContainerDriver(
                     self.data_dir, self._bundle_dir, **self._options
@@ -221,6 +247,42 @@ class LocalNode:
             if isinstance(runtime, _ContainerDriver):
                 self._pool = WarmPool(self._start_member, self._claim_member)
             return await self.reconcile()
+
+    async def _start_egress(self) -> dict:
+        """Start the egress proxy; returns what network pools need to send it traffic."""
+        import ipaddress
+        import ssl
+
+        from hearth.node.network.egress import EgressProxy
+
+        loop = asyncio.get_running_loop()
+        upstream = ssl.create_default_context()
+        if self._ca is not None:
+            upstream.load_verify_locations(cadata=self._ca.cert_pem)
+        proxy = EgressProxy(
+            self._policies.get,
+            blocked=[ipaddress.ip_network(b) for b in self._blocked],
+            nameservers=self._resolvers,
+            tls_for=self._ca.server_context if self._ca is not None else None,
+            upstream_tls=upstream,
+        )
+        port = await proxy.start("0.0.0.0", 0)
+        self._egress = proxy
+
+        def on_egress(address: str, egress: Egress | None) -> None:
+            # Called from the pools' threads: the proxy lives in this loop.
+            if egress is None:
+                self._policies.pop(address, None)
+            else:
+                self._policies[address] = egress
+            loop.call_soon_threadsafe(proxy.cut, address)
+
+        return {
+            "resolvers": self._resolvers,
+            "egress_port": port,
+            "public_ports": self._public_ports,
+            "on_egress": on_egress,
+        }
 
     async def reconcile(self) -> list[str]:
         """Adopt the sandboxes a previous node process left running and remove the
@@ -425,7 +487,6 @@ class LocalNode:
             template_id="build",
             cpu_count=cpu_count,
             memory_mb=memory_mb,
-            allow_internet=True,
         )
         return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 
@@ -556,6 +617,17 @@ class LocalNode:
                 )
             return sandbox.address
 
+    async def update_network(self, sandbox_id: str, egress: Egress) -> None:
+        """Replace a running sandbox's egress policy at once (connections it now forbids
+        are cut); a paused one takes its policy from the spec of its resume."""
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.get(sandbox_id)
+            if sandbox is None:
+                if sandbox_id in self._paused:
+                    return
+                raise SandboxNotFound(sandbox_id)
+            await sandbox.set_egress(egress)
+
     async def paused(self) -> dict[str, bool]:
         return {sandbox_id: p.memory for sandbox_id, p in self._paused.items()}
 
@@ -619,6 +691,12 @@ class LocalNode:
         self._paused = {}
         if self.runtime is not None:
             await self.runtime.detach()
+        await self._close_egress()
+
+    async def _close_egress(self) -> None:
+        if self._egress is not None:
+            await self._egress.close()
+            self._egress = None
 
     async def close(self) -> None:
         """Stop every sandbox, paused ones too, and release what the node holds."""
@@ -637,6 +715,7 @@ class LocalNode:
             await self.runtime.shutdown()
         if self._build_driver is not None:
             await self._build_driver.shutdown()
+        await self._close_egress()
 
 
 def _progress_log(level: str, message: str, step: str | None) -> None:
@@ -674,7 +753,8 @@ class _ContainerDriver:
         *,
         oci_runtime: str | None,
         network_pool: str,
-        blocked_networks: tuple[str, ...] | None,
+        blocked_networks: tuple[str, ...],
+        slot_rules: dict | None = None,
         **options: object,
     ) -> None:
         self._data_dir = data_dir
@@ -682,12 +762,12 @@ class _ContainerDriver:
         self._oci_runtime = oci_runtime
         self._pool_cidr = network_pool
         self._blocked = blocked_networks
+        self._slot_rules = slot_rules or {}
         self._options = options
         self.runtime = None
         self._adopted_paused: dict[str, _Paused] = {}
 
     async def setup(self) -> None:
-        from hearth.node.network.rules import DEFAULT_BLOCKED
         from hearth.node.runtime.container import ContainerRuntime, detect
 
         def prepare() -> ContainerRuntime:
@@ -695,7 +775,8 @@ class _ContainerDriver:
             pool = NetworkPool(
                 self._data_dir / "netns",
                 self._pool_cidr,
-                blocked=self._blocked if self._blocked is not None else DEFAULT_BLOCKED,
+                blocked=self._blocked,
+                **self._slot_rules,
             )
             runtime = ContainerRuntime(
                 self._data_dir, oci, pool, ensure_bundle(self._bundle_dir), **self._options
@@ -785,6 +866,10 @@ class _IsolatedSandbox:
 
     artifact = None  # its layers are the isolated envd's to hold: gone with it
 
+    async def set_egress(self, egress: Egress) -> None:
+        if egress != UNRESTRICTED:
+            raise EgressNotSupported(ISOLATED_EGRESS)
+
     async def stop(self) -> None:
         async with self._lock:
             await asyncio.to_thread(self._stop)
@@ -854,6 +939,8 @@ class _IsolatedDriver:
         from hearth.node.runtime.container.sandbox import init_envd
         from hearth.node.runtime.isolated import IsolatedEnvd
 
+        if spec.egress != UNRESTRICTED:
+            raise EgressNotSupported(ISOLATED_EGRESS)
         envd = IsolatedEnvd(layers, cache_dir=self._cache_dir, bundle_dir=self._bundle_dir)
         await asyncio.to_thread(envd.start)
         sandbox = _IsolatedSandbox(envd)

@@ -54,11 +54,7 @@ class PoolShape:
 
     def fits(self, spec: SandboxSpec) -> bool:
         """Whether a create of `spec` (of this kind) may take a member."""
-        return (
-            spec.cpu_count == self.cpu_count
-            and spec.memory_mb == self.memory_mb
-            and spec.allow_internet
-        )
+        return spec.cpu_count == self.cpu_count and spec.memory_mb == self.memory_mb
 
     def member_spec(self) -> SandboxSpec:
         # Its own id (never the API's: a restarted node removes it unless claimed).

@@ -340,15 +340,15 @@ async def _copy(
 ) -> bool:
     """True when the source ended cleanly and the EOF was passed on. An end that comes
     from our aborting the source (`source`, its own writer: its sandbox went away) is
-    no clean end."""
+    no clean end, nor is one that cannot be passed on as a half-close (TLS has none):
+    both directions then end."""
     try:
         while data := await reader.read(READ_SIZE):
             writer.write(data)
             await writer.drain()
-        if source.transport.is_closing():
+        if source.transport.is_closing() or not writer.can_write_eof():
             return False
-        if writer.can_write_eof():
-            writer.write_eof()
+        writer.write_eof()
         return True
     except OSError:
         return False

@@ -205,11 +205,17 @@ class SandboxStore(StoreBase):
         return await self._update_live(sandbox_id, team_id, {"end_at": new_end})
 
     async def set_sandbox_network(
-        self, sandbox_id: str, network: Mapping[str, Any] | None, *, team_id: str | None = None
+        self,
+        sandbox_id: str,
+        network: Mapping[str, Any] | None,
+        *,
+        allow_internet: bool = True,
+        team_id: str | None = None,
     ) -> Sandbox | None:
         """Replace a live sandbox's recorded network config (`PUT .../network`)."""
         value = dict(network) if network is not None else None
-        return await self._update_live(sandbox_id, team_id, {"network": value})
+        values = {"network": value, "allow_internet": allow_internet}
+        return await self._update_live(sandbox_id, team_id, values)
 
     async def expired_sandboxes(self, now: datetime | None = None) -> list[Sandbox]:
         """Running sandboxes whose `end_at` has passed, soonest first (for the reaper,

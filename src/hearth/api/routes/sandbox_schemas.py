@@ -39,6 +39,21 @@ class NetworkConfig(_Request):
     allowOut: list[str] | None = None
     denyOut: list[str] | None = None
     maskRequestHost: str | None = Field(None, pattern=_MASK)
+    # {host: [{"transform": {"headers": {...}}}]}, checked by `policy.Egress`
+    rules: dict[str, Any] | None = None
+    egressProxy: dict[str, Any] | None = None
+    dnsServers: list[str] | None = None
+
+
+class NetworkUpdate(_Request):
+    """`PUT /sandboxes/{id}/network` (E2B's `SandboxNetworkUpdateConfig`)."""
+
+    allowOut: list[str] | None = None
+    denyOut: list[str] | None = None
+    rules: dict[str, Any] | None = None
+    allow_internet_access: bool | None = None
+    egressProxy: dict[str, Any] | None = None
+    dnsServers: list[str] | None = None
 
 
 class NewSandboxV2(_Request):

@@ -14,11 +14,14 @@ from hearth.api._auth import CurrentTeam
 from hearth.api._deps import SandboxesDep, SettingsDep, StoreDep
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._filters import decode_metadata, decode_states, decode_time
+from hearth.api._network import egress_from
 from hearth.api._sandboxes import CreateRequest
 from hearth.api.routes.sandbox_schemas import (
     ConnectSandbox,
     ConnectSandboxV2,
     ListedSandbox,
+    NetworkConfig,
+    NetworkUpdate,
     NewSandbox,
     NewSandboxV2,
     PauseRequest,
@@ -81,8 +84,9 @@ def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -
     if body.volumeMounts:
         raise ApiError(400, "Volume mounts are not supported by this server")
     network = body.network.model_dump(exclude_none=True) if body.network else None
-    deny = body.network.denyOut or [] if body.network else []
-    allow_internet = body.allow_internet_access is not False and "0.0.0.0/0" not in deny
+    if body.network is not None:
+        _refuse_unsupported(body.network)
+    allow_internet = body.allow_internet_access is not False
     public = body.network is None or body.network.allowPublicTraffic is not False
     return CreateRequest(
         template=body.templateID,
@@ -91,12 +95,38 @@ def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -
         metadata=dict(body.metadata or {}),
         env_vars=dict(body.envVars or {}),
         allow_internet=allow_internet,
+        egress=egress_from(network, allow_internet),
         public_traffic=public,
         auto_pause=bool(body.autoPause),
         auto_resume=auto_resume,
         auto_pause_memory=body.autoPauseMemory is not False,
         network=network,
     )
+
+
+def _refuse_unsupported(network: NetworkConfig | NetworkUpdate) -> None:
+    """A 400 for E2B network options this server does not implement, rather than a
+    sandbox that silently lacks them."""
+    for name in ("egressProxy", "dnsServers"):
+        if getattr(network, name, None):
+            raise ApiError(400, f"network.{name} is not supported by this server")
+
+
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_sandbox_network(
+    sandbox_id: SandboxId,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    body: Annotated[NetworkUpdate | None, Body()] = None,
+) -> Response:
+    """Replace the egress rules (E2B's `SandboxNetworkUpdateConfig`): an omitted field is
+    cleared, an empty body clears them all."""
+    body = body or NetworkUpdate()
+    _refuse_unsupported(body)
+    network = body.model_dump(include={"allowOut", "denyOut", "rules"}, exclude_none=True)
+    allow_internet = body.allow_internet_access is not False
+    await sandboxes.update_network(team, sandbox_id, network, allow_internet)
+    return Response(status_code=204)
 
 
 # --- read ------------------------------------------------------------------------------

@@ -2,22 +2,34 @@
 
 The rules are the same for every slot and match slot interfaces by their name prefix, so
 a slot is fenced in from the moment its veth exists, before any per-slot state is added.
-What differs per slot lives in sets, and adding or removing a slot is adding or removing
-set elements, one atomic transaction each:
+What differs per slot lives in sets, and adding, changing or removing a slot's policy is
+adding or removing set elements, one atomic transaction each:
 
 - `sources` (interface . address): the one source address a slot may send from; a slot
   without an element here can send nothing beyond the host (fail closed), and a slot
   cannot spoof another's address.
-- `offline` (interface): slots created with `allow_internet=False`.
-- `blocked` (address ranges): destinations no slot may reach, link-local and the cloud
-  metadata address among them.
+- `allow_out`, `deny_out` (interface . address range): the sandbox's egress policy
+  (`policy.Egress`); an allowed destination passes even if it is also denied.
+- `proxied` (interface): slots with domain rules, whose TCP connections to destinations
+  not explicitly allowed are redirected to the node's egress proxy, which checks the
+  name they ask for (TLS SNI, HTTP Host); `web_proxied`: slots with header transforms
+  only, whose connections to ports 80 and 443 go there.
+- `blocked` (address ranges): destinations no slot may reach whatever its policy says:
+  private, loopback and link-local ranges (the cloud metadata address among them).
+- `resolvers` (addresses): the DNS servers slots are given; port 53 there is open to
+  every slot, before `blocked` and the policy (a name rule is useless without DNS, and
+  DNS answers alone never open anything: the proxy resolves names itself).
 
 What the table enforces for traffic from a slot interface:
-- to the host itself (any of its addresses, IPv4 or IPv6): only replies to connections
-  the host opened (the node and the proxy reach envd and user ports that way);
+- to the host itself (any of its addresses): replies to connections the host opened
+  (the node and the proxy reach envd and user ports that way), connections the kernel
+  redirected to the egress proxy, and the server's public ports (a sandbox reaches
+  another sandbox through the proxy, as on E2B) where the slot's policy allows the
+  address; nothing else;
 - to another slot, or from anywhere else into a slot: only replies;
-- forwarded elsewhere (the internet): from its own address, not to `blocked`, not if it
-  is offline, then masqueraded behind the host's address.
+- forwarded elsewhere (the internet): from its own address, then the resolvers, then not
+  to `blocked`, then the policy, per packet (so an update cuts open connections at
+  once), then masqueraded behind the host's address.
 
 Base chains at priority -10 see packets before the conventional `filter` tables; a
 `drop` here is final, while an `accept` still passes through the host's other tables.
@@ -30,9 +42,22 @@ import json
 import subprocess
 from collections.abc import Iterable, Sequence
 
+from hearth.node.network.policy import Egress
+
 TABLE = "hearth"
 FAMILY = "inet"
-DEFAULT_BLOCKED = ("169.254.0.0/16",)
+# E2B's `DeniedSandboxCIDRs` (IPv4; slots have no IPv6 at all).
+DEFAULT_BLOCKED = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+)
+# The per-slot sets, and what `elements()` reports.
+SLOT_SETS = ("sources", "allow_out", "deny_out", "proxied", "web_proxied")
 
 
 class RulesError(RuntimeError):
@@ -48,12 +73,18 @@ class SlotRules:
         pool: ipaddress.IPv4Network,
         blocked: Sequence[str] = DEFAULT_BLOCKED,
         *,
+        resolvers: Sequence[str] = (),
+        egress_port: int | None = None,
+        public_ports: Sequence[int] = (),
         table: str = TABLE,
         nft: str = "nft",
     ) -> None:
         self._prefix = interface_prefix
         self._pool = pool
         self._blocked = [str(ipaddress.ip_network(b)) for b in blocked]
+        self._resolvers = [str(ipaddress.IPv4Address(r)) for r in resolvers]
+        self._egress_port = egress_port
+        self._public_ports = sorted(set(public_ports))
         self._table = table
         self._nft = nft
 
@@ -66,35 +97,53 @@ class SlotRules:
 
         Chains are flushed and refilled in the same transaction, so there is no moment
         without the rules; sets are declared (a no-op if they exist) and never flushed,
-        except `blocked`, which is configuration.
+        except `blocked` and `resolvers`, which are configuration.
         """
         t = f"{FAMILY} {self._table}"
         slots = f'"{self._prefix}*"'
-        blocked = ", ".join(self._blocked)
+        dest = "iifname . ip daddr"
         script = [
             f"add table {t}",
             f"add set {t} sources {{ type ifname . ipv4_addr; }}",
-            f"add set {t} offline {{ type ifname; }}",
+            f"add set {t} allow_out {{ type ifname . ipv4_addr; flags interval; }}",
+            f"add set {t} deny_out {{ type ifname . ipv4_addr; flags interval; }}",
+            f"add set {t} proxied {{ type ifname; }}",
+            f"add set {t} web_proxied {{ type ifname; }}",
             f"add set {t} blocked {{ type ipv4_addr; flags interval; }}",
+            f"add set {t} resolvers {{ type ipv4_addr; }}",
             f"flush set {t} blocked",
-            *([f"add element {t} blocked {{ {blocked} }}"] if blocked else []),
+            f"flush set {t} resolvers",
+            *_elements(t, "blocked", self._blocked),
+            *_elements(t, "resolvers", self._resolvers),
             f"add chain {t} input {{ {_base('filter', 'input', -10)} }}",
             f"add chain {t} forward {{ {_base('filter', 'forward', -10)} }}",
+            f"add chain {t} prerouting {{ {_base('nat', 'prerouting', -100)} }}",
             f"add chain {t} postrouting {{ {_base('nat', 'postrouting', 100)} }}",
             f"flush chain {t} input",
             f"flush chain {t} forward",
+            f"flush chain {t} prerouting",
             f"flush chain {t} postrouting",
-            # The host answers a slot only on connections it opened itself.
+            # The host answers a slot on connections it opened itself, ...
             f"add rule {t} input iifname {slots} ct state established,related accept",
+            *self._input_rules(t, slots, dest),
             f"add rule {t} input iifname {slots} counter drop",
             # Into a slot: replies only. This also keeps slots from one another.
             f"add rule {t} forward oifname {slots} ct state established,related accept",
             f"add rule {t} forward oifname {slots} counter drop",
-            # Out of a slot: IPv4 from its own address only, never to blocked ranges.
+            # Out of a slot: IPv4 from its own address only, never to blocked ranges
+            # (but DNS to the resolvers), then the slot's own policy.
             f"add rule {t} forward iifname {slots} meta nfproto != ipv4 counter drop",
             f"add rule {t} forward iifname {slots} iifname . ip saddr != @sources counter drop",
+            f"add rule {t} forward iifname {slots} ip daddr @resolvers"
+            " meta l4proto { tcp, udp } th dport 53 accept",
             f"add rule {t} forward iifname {slots} ip daddr @blocked counter drop",
-            f"add rule {t} forward iifname @offline counter drop",
+            f"add rule {t} forward iifname {slots} {dest} @allow_out accept",
+            # A refusal is a reset or an ICMP error, so clients fail at once, and a packet
+            # of a connection an update forbids ends it.
+            f"add rule {t} forward iifname {slots} {dest} @deny_out meta l4proto tcp"
+            " counter reject with tcp reset",
+            f"add rule {t} forward iifname {slots} {dest} @deny_out counter reject",
+            *self._redirect_rules(t, dest),
             f"add rule {t} postrouting ip saddr {self._pool} oifname != {slots} masquerade",
         ]
         try:
@@ -104,47 +153,87 @@ class SlotRules:
             # replace it whole. Adopted slots put their elements back afterwards.
             self._run([f"add table {t}", f"delete table {t}", *script])
 
-    def add_slot(self, interface: str, address: str, *, allow_internet: bool) -> None:
+    def _input_rules(self, t: str, slots: str, dest: str) -> list[str]:
+        rules = []
+        if self._egress_port:
+            port = self._egress_port
+            rules += [
+                # ... on connections the kernel redirected to the egress proxy, ...
+                f"add rule {t} input iifname {slots} ct status dnat tcp dport {port} accept",
+                # (which nothing else may reach: it serves sandboxes only)
+                f"add rule {t} input iifname != {slots} tcp dport {port} counter drop",
+            ]
+        if self._public_ports:
+            ports = "{ " + ", ".join(map(str, self._public_ports)) + " }"
+            rules += [
+                # ... and on the server's public ports, as the slot's policy allows.
+                f"add rule {t} input iifname {slots} tcp dport {ports} {dest} @allow_out accept",
+                f"add rule {t} input iifname {slots} tcp dport {ports} {dest} @deny_out"
+                " reject with tcp reset",
+                f"add rule {t} input iifname {slots} tcp dport {ports} accept",
+            ]
+        return rules
+
+    def _redirect_rules(self, t: str, dest: str) -> list[str]:
+        if not self._egress_port:
+            return []
+        redirect = f"redirect to :{self._egress_port}"
+        # Not to the host itself (its own rules above), not DNS to the resolvers, not to
+        # a destination the policy allows by address (the kernel passes those itself).
+        unchecked = f"fib daddr type != local {dest} != @allow_out"
+        return [
+            f"add rule {t} prerouting ip daddr @resolvers tcp dport 53 return",
+            f"add rule {t} prerouting iifname @proxied meta l4proto tcp {unchecked} {redirect}",
+            f"add rule {t} prerouting iifname @web_proxied tcp dport {{ 80, 443 }} {unchecked}"
+            f" {redirect}",
+        ]
+
+    def add_slot(self, interface: str, address: str, egress: Egress) -> None:
         t = f"{FAMILY} {self._table}"
         script = [f'add element {t} sources {{ "{interface}" . {address} }}']
-        if not allow_internet:
-            script.append(f'add element {t} offline {{ "{interface}" }}')
+        script += _policy_elements("add", t, interface, egress)
         self._run(script)
 
+    def set_egress(self, interface: str, old: Egress, new: Egress) -> None:
+        """Replace a slot's policy in one transaction (no moment with neither)."""
+        t = f"{FAMILY} {self._table}"
+        script = _policy_elements("delete", t, interface, old)
+        script += _policy_elements("add", t, interface, new)
+        if script:
+            self._run(script)
+
     def remove_slot(
-        self, interface: str, address: str | None = None, offline: bool | None = None
+        self, interface: str, address: str | None = None, egress: Egress | None = None
     ) -> None:
         """Remove every element of `interface`; removing what is not there is no error.
 
-        With `address` and `offline` known (the slot's own release) this is one nft run;
+        With `address` and `egress` known (the slot's own release) this is one nft run;
         otherwise, or if the table differs from what the slot added, the elements are
         listed first.
         """
         t = f"{FAMILY} {self._table}"
-        if address is not None and offline is not None:
+        if address is not None and egress is not None:
             script = [f'delete element {t} sources {{ "{interface}" . {address} }}']
-            if offline:
-                script.append(f'delete element {t} offline {{ "{interface}" }}')
+            script += _policy_elements("delete", t, interface, egress)
             try:
                 self._run(script)
                 return
             except RulesError:
                 pass
-        elements = self.elements()
-        script = [
-            f'delete element {t} sources {{ "{interface}" . {addr} }}'
-            for name, addr in elements["sources"]
-            if name == interface
-        ]
-        if interface in elements["offline"]:
-            script.append(f'delete element {t} offline {{ "{interface}" }}')
+        script = []
+        for name, elements in self.elements().items():
+            for element in elements:
+                key = element[0] if isinstance(element, tuple) else element
+                if key == interface:
+                    script.append(f"delete element {t} {name} {{ {_element_text(element)} }}")
         if script:
             self._run(script)
 
     def elements(self) -> dict[str, list]:
-        """The per-slot elements now in the table: `sources` as (interface, address)
-        pairs and `offline` as interface names; empty if the table does not exist."""
-        found: dict[str, list] = {"sources": [], "offline": []}
+        """The per-slot elements now in the table: pairs (interface, address or range)
+        for the concatenated sets, interface names for the others; empty if the table
+        does not exist."""
+        found: dict[str, list] = {name: [] for name in SLOT_SETS}
         for name in found:
             done = subprocess.run(
                 [self._nft, "-j", "list", "set", FAMILY, self._table, name],
@@ -168,6 +257,24 @@ class SlotRules:
             raise RulesError(f"nft failed ({done.returncode}): {done.stderr.strip()}\n{text}")
 
 
+def _policy_elements(verb: str, t: str, interface: str, egress: Egress) -> list[str]:
+    """The nft commands that add (or delete) a slot's policy elements."""
+    script = []
+    for name, networks in (("allow_out", egress.ipv4_allow), ("deny_out", egress.ipv4_deny)):
+        if networks:
+            items = ", ".join(f'"{interface}" . {n}' for n in networks)
+            script.append(f"{verb} element {t} {name} {{ {items} }}")
+    if egress.proxied:
+        script.append(f'{verb} element {t} proxied {{ "{interface}" }}')
+    if egress.web_proxied:
+        script.append(f'{verb} element {t} web_proxied {{ "{interface}" }}')
+    return script
+
+
+def _elements(t: str, name: str, items: Sequence[str]) -> list[str]:
+    return [f"add element {t} {name} {{ {', '.join(items)} }}"] if items else []
+
+
 def _base(kind: str, hook: str, priority: int) -> str:
     return f"type {kind} hook {hook} priority {priority}; policy accept;"
 
@@ -175,7 +282,29 @@ def _base(kind: str, hook: str, priority: int) -> str:
 def _set_elements(listing: str) -> Iterable:
     for item in json.loads(listing).get("nftables", []):
         for element in item.get("set", {}).get("elem", []):
+            if isinstance(element, dict) and "elem" in element:  # with flags or counters
+                element = element["elem"]["val"]
             if isinstance(element, dict) and "concat" in element:
-                yield tuple(element["concat"])
+                yield tuple(_value_text(v) for v in element["concat"])
             else:
-                yield element
+                yield _value_text(element)
+
+
+def _value_text(value) -> str:
+    """An element's part as nft's input syntax: a name, an address, a prefix or range."""
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+        return f"{low}-{high}"
+    return str(value)
+
+
+def _element_text(element) -> str:
+    if isinstance(element, tuple):
+        return " . ".join(_quoted(part) for part in element)
+    return _quoted(element)
+
+
+def _quoted(part: str) -> str:
+    return part if part[:1].isdigit() else f'"{part}"'

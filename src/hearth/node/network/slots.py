@@ -19,11 +19,12 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.node.network import _netns
+from hearth.node.network.policy import UNRESTRICTED, Egress
 from hearth.node.network.rules import DEFAULT_BLOCKED, SlotRules
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,20 @@ class NetworkSlot:
     netns_path: Path
     gateway: str  # the host's address on the slot's link
     address: str  # the slot's own address (eth0): where the host reaches the sandbox
-    allow_internet: bool
+    egress: Egress
     _pool: NetworkPool = field(repr=False)
     _released: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set_egress(self, egress: Egress) -> None:
+        """Replace what the slot may reach, at once (see `SlotRules.set_egress`)."""
+        with self._lock:
+            if self._released:
+                raise NetworkError(f"network slot {self.interface} is released")
+            if egress != self.egress:
+                self._pool.rules.set_egress(self.interface, self.egress, egress)
+                self.egress = egress
+                self._pool._egress_changed(self.address, egress)
 
     def release(self) -> None:
         """Remove the veth pair, the namespace and the slot's rules; free the index.
@@ -63,6 +74,7 @@ class NetworkSlot:
                 return
             self._released = True
         try:
+            self._pool._egress_changed(self.address, None)
             self._pool.remove(self.index, self)
         finally:
             self._pool._free(self.index)
@@ -78,8 +90,14 @@ class NetworkPool:
         *,
         interface_prefix: str = DEFAULT_PREFIX,
         blocked: Sequence[str] = DEFAULT_BLOCKED,
+        resolvers: Sequence[str] = (),
+        egress_port: int | None = None,
+        public_ports: Sequence[int] = (),
+        on_egress: Callable[[str, Egress | None], None] | None = None,
         table: str = "hearth",
     ) -> None:
+        """`on_egress(address, policy)` hears of every slot's policy as it is set,
+        changed, and (None) released: the node's egress proxy follows it."""
         self.state_dir = Path(state_dir)
         self.pool = ipaddress.ip_network(cidr)
         if not isinstance(self.pool, ipaddress.IPv4Network) or self.pool.prefixlen > 28:
@@ -87,7 +105,16 @@ class NetworkPool:
         if not re.fullmatch(r"[a-z]{1,6}", interface_prefix):
             raise ValueError("interface_prefix: 1 to 6 lowercase letters")
         self.prefix = interface_prefix
-        self.rules = SlotRules(interface_prefix, self.pool, blocked, table=table)
+        self.rules = SlotRules(
+            interface_prefix,
+            self.pool,
+            blocked,
+            resolvers=resolvers,
+            egress_port=egress_port,
+            public_ports=public_ports,
+            table=table,
+        )
+        self._on_egress = on_egress
         self._size = self.pool.num_addresses // 4
         self._lock = threading.Lock()
         self._used: set[int] = set()
@@ -133,7 +160,7 @@ class NetworkPool:
 
     # --- slots -----------------------------------------------------------------------
 
-    def acquire(self, *, allow_internet: bool = True) -> NetworkSlot:
+    def acquire(self, egress: Egress = UNRESTRICTED) -> NetworkSlot:
         """A new slot, ready: its namespace can be joined and its address answers."""
         if not self._ready:
             raise NetworkError("NetworkPool.setup() has not run")
@@ -141,7 +168,7 @@ class NetworkPool:
         while True:
             index = self._claim()
             try:
-                return self._build(index, allow_internet)
+                return self._build(index, egress)
             except _IndexTaken:
                 # Another process holds the name or the file: keep the index marked as
                 # used (it is not ours to clean) and try the next one.
@@ -152,9 +179,9 @@ class NetworkPool:
                 self._free(index)
                 raise
 
-    def adopt(self, index: int, *, allow_internet: bool) -> NetworkSlot:
+    def adopt(self, index: int, egress: Egress) -> NetworkSlot:
         """Take back a slot a previous node process made (see `LocalNode.reconcile`)."""
-        slot = self._slot(index, allow_internet)
+        slot = self._slot(index, egress)
         if not _netns.is_pinned(slot.netns_path):
             raise NetworkError(f"slot {index}: no network namespace at {slot.netns_path}")
         if not _link_exists(slot.interface):
@@ -163,8 +190,11 @@ class NetworkPool:
             if index in self._used:
                 raise NetworkError(f"slot {index} is already in use")
             self._used.add(index)
-        # The table may have been replaced since (a newer version's rules).
-        self.rules.add_slot(slot.interface, slot.address, allow_internet=allow_internet)
+        # The table may have been replaced since (a newer version's rules), or hold what
+        # an older policy of the slot's added: put back exactly this one.
+        self.rules.remove_slot(slot.interface)
+        self.rules.add_slot(slot.interface, slot.address, egress)
+        self._egress_changed(slot.address, egress)
         return slot
 
     def sweep(self, keep: Iterable[int] = ()) -> list[str]:
@@ -195,7 +225,7 @@ class NetworkPool:
     def remove(self, index: int, slot: NetworkSlot | None = None) -> None:
         """Delete everything of slot `index`, whether or not this process made it."""
         interface = f"{self.prefix}{index}"
-        known = (slot.address, not slot.allow_internet) if slot else (None, None)
+        known = (slot.address, slot.egress) if slot else (None, None)
         errors: list[BaseException] = []
         # The pin goes last: while it exists, `sweep` knows the slot is ours.
         for step in (
@@ -220,8 +250,10 @@ class NetworkPool:
         return {
             "netns": pins,
             "interfaces": links,
-            "sources": [e for e in elements["sources"] if self._index_of(e[0]) is not None],
-            "offline": [e for e in elements["offline"] if self._index_of(e) is not None],
+            **{
+                name: [e for e in found if self._index_of(_interface_of(e)) is not None]
+                for name, found in elements.items()
+            },
         }
 
     def in_use(self) -> set[int]:
@@ -234,7 +266,7 @@ class NetworkPool:
         m = re.fullmatch(re.escape(self.prefix) + r"(\d+)", interface)
         return int(m.group(1)) if m else None
 
-    def _slot(self, index: int, allow_internet: bool) -> NetworkSlot:
+    def _slot(self, index: int, egress: Egress) -> NetworkSlot:
         base = self.pool.network_address + 4 * index
         return NetworkSlot(
             index=index,
@@ -242,7 +274,7 @@ class NetworkPool:
             netns_path=self.state_dir / str(index),
             gateway=str(base + 1),
             address=str(base + 2),
-            allow_internet=allow_internet,
+            egress=egress,
             _pool=self,
         )
 
@@ -257,6 +289,10 @@ class NetworkPool:
                 return index
         raise NetworkError(f"no free network slot in {self.pool}")
 
+    def _egress_changed(self, address: str, egress: Egress | None) -> None:
+        if self._on_egress is not None:
+            self._on_egress(address, egress)
+
     def _free(self, index: int) -> None:
         with self._lock:
             self._used.discard(index)
@@ -265,8 +301,8 @@ class NetworkPool:
         net = ipaddress.ip_network(f"{self.pool.network_address + 4 * index}/{SLOT_PREFIXLEN}")
         return any(net.overlaps(used) for used in self._host_networks)
 
-    def _build(self, index: int, allow_internet: bool) -> NetworkSlot:
-        slot = self._slot(index, allow_internet)
+    def _build(self, index: int, egress: Egress) -> NetworkSlot:
+        slot = self._slot(index, egress)
         try:
             fd = os.open(slot.netns_path, os.O_CREAT | os.O_EXCL | os.O_RDONLY | os.O_CLOEXEC, 0)
         except FileExistsError:
@@ -274,7 +310,8 @@ class NetworkPool:
         os.close(fd)
         try:
             _netns.create_pinned(slot.netns_path, lambda outer: _wire(slot, outer))
-            self.rules.add_slot(slot.interface, slot.address, allow_internet=allow_internet)
+            self.rules.add_slot(slot.interface, slot.address, egress)
+            self._egress_changed(slot.address, egress)
         except _IndexTaken:
             _netns.unpin(slot.netns_path)
             raise
@@ -322,6 +359,10 @@ def _wire(slot: NetworkSlot, outer_ns: int) -> None:
         Path(f"/proc/sys/net/ipv6/conf/{slot.interface}/disable_ipv6").write_text("1\n")
         outside.addr("add", index=host, address=slot.gateway, prefixlen=SLOT_PREFIXLEN)
         outside.link("set", index=host, state="up")
+
+
+def _interface_of(element: str | tuple) -> str:
+    return element[0] if isinstance(element, tuple) else element
 
 
 def _link_names() -> list[str]:

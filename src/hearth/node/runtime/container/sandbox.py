@@ -57,6 +57,8 @@ from hearth.node.guest.envd_bundle import envd_command, envd_environment
 from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
+from hearth.node.network.policy import Egress
+from hearth.node.network.resolvers import sandbox_resolvers
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
 from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
 from hearth.node.runtime.container.idblocks import IdBlockError, IdBlocks
@@ -72,7 +74,6 @@ ID_BASE = 2**30
 ID_COUNT = 65536
 ID_BLOCKS = 2**14  # keeps every mapped id below 2**31
 DEFAULT_USER = "user"
-FALLBACK_DNS = ("8.8.8.8", "1.1.1.1")
 RECORD = "record.json"
 # Names a directory, a container and a cgroup: nothing that could leave them.
 SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
@@ -84,6 +85,10 @@ class ContainerError(RuntimeError):
     """A container sandbox could not be started; the message carries envd's output."""
 
 
+# The system trust store of Debian-family templates (curl, OpenSSL, pip with it).
+CA_BUNDLE = Path("etc/ssl/certs/ca-certificates.crt")
+
+
 @dataclass
 class SandboxRecord:
     """What a restarted node needs to adopt a sandbox, kept in its directory."""
@@ -91,7 +96,6 @@ class SandboxRecord:
     sandbox_id: str
     template_id: str
     slot_index: int
-    allow_internet: bool
     id_block: int
     runtime: str
     monitor_pid: int | None = None
@@ -108,6 +112,8 @@ class SandboxRecord:
     pooled: bool = False
     claimed_as: str | None = None
     build: bool = False  # a template build's sandbox: never adopted, always removed
+    egress: dict | None = None  # its `Egress`, as JSON
+    allow_internet: bool = True  # records of earlier versions; now in `egress`
     artifact: dict | None = None  # its template's (a cold resume starts it again)
 
 
@@ -161,6 +167,13 @@ class ContainerSandbox:
     def artifact(self) -> Artifact | None:
         """What the sandbox was created from (its layers, its start command)."""
         return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+
+    async def set_egress(self, egress: Egress) -> None:
+        """Replace what the running sandbox may reach, and keep it in its record."""
+        assert self.slot is not None
+        await asyncio.to_thread(self.slot.set_egress, egress)
+        self.record.egress = egress.to_json()
+        await to_thread_to_the_end(_write_record, self.directory, self.record)
 
     async def pause(self, memory: bool) -> PausedContainer:
         """Freeze the container (`memory`), or stop it and keep only its directory."""
@@ -223,7 +236,11 @@ class ContainerRuntime:
         start_timeout: float = 60.0,
         no_new_privileges: bool = False,
         dns_servers: list[str] | None = None,
+        extra_ca: str | None = None,
     ) -> None:
+        """`extra_ca`: a CA certificate (PEM) every sandbox trusts besides its
+        template's: the local CA, whose certificates the egress proxy presents where it
+        applies header transforms over TLS, and the server's sandbox URLs."""
         self.data_dir = Path(data_dir)
         self.sandboxes_dir = self.data_dir / "sandboxes"
         self.oci = oci
@@ -234,6 +251,7 @@ class ContainerRuntime:
         self.start_timeout = start_timeout
         self.no_new_privileges = no_new_privileges
         self.dns_servers = dns_servers
+        self.extra_ca = extra_ca
         self._blocks = IdBlocks(self.sandboxes_dir, ID_BLOCKS)
 
     def setup(self) -> None:
@@ -271,7 +289,7 @@ class ContainerRuntime:
             sandbox_id=spec.sandbox_id,
             template_id=spec.template_id,
             slot_index=-1,
-            allow_internet=spec.allow_internet,
+            egress=spec.egress.to_json(),
             id_block=-1,
             runtime=self.oci.name,
             created_at=time.time(),
@@ -291,7 +309,7 @@ class ContainerRuntime:
 
             slot = await running.take(
                 "its network slot",
-                lambda: self.pool.acquire(allow_internet=spec.allow_internet),
+                lambda: self.pool.acquire(spec.egress),
                 lambda slot: slot.release,
             )
             sandbox.slot = slot
@@ -344,6 +362,8 @@ class ContainerRuntime:
             raise ContainerError(f"pooled sandbox {record.sandbox_id} is not running")
         # /init before the record: a node that stops in between removes the sandbox at
         # its next start rather than adopt one that never took the create's token.
+        await asyncio.to_thread(slot.set_egress, spec.egress)
+        record.egress = spec.egress.to_json()
         await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
         record.claimed_as = spec.sandbox_id
         record.template_id = spec.template_id
@@ -380,9 +400,12 @@ class ContainerRuntime:
         """Thaw a memory pause, or boot envd again over a filesystem-only pause's files;
         returns once envd answers and has taken /init (its clock set, same token)."""
         record = sandbox.record
+        # The policy may have changed while it was paused (`PUT .../network`).
+        record.egress = spec.egress.to_json()
         if record.paused == "memory":
             container, slot = sandbox.container, sandbox.slot
             assert container is not None and slot is not None
+            await asyncio.to_thread(slot.set_egress, spec.egress)
             await asyncio.to_thread(self.oci.resume, record.sandbox_id)
             container.frozen = False
             await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
@@ -393,7 +416,7 @@ class ContainerRuntime:
             try:
                 slot = await running.take(
                     "its network slot",
-                    lambda: self.pool.acquire(allow_internet=record.allow_internet),
+                    lambda: self.pool.acquire(_recorded_egress(record)),
                     lambda slot: slot.release,
                 )
                 sandbox.slot = slot
@@ -480,6 +503,16 @@ class ContainerRuntime:
             ),
             "resolv.conf": "".join(f"nameserver {ns}\n" for ns in self._dns()),
         }
+        if self.extra_ca:
+            bundle = _template_file(layers, CA_BUNDLE)
+            if bundle is not None:
+                certs = etc / CA_BUNDLE.parent.relative_to("etc")
+                for d in (certs.parent, certs):
+                    d.mkdir(mode=0o755)
+                    os.chown(d, base, base)
+                files[str(CA_BUNDLE.relative_to("etc"))] = (
+                    bundle.rstrip("\n") + "\n" + self.extra_ca.strip() + "\n"
+                )
         for name, text in files.items():
             path = etc / name
             path.write_text(text)
@@ -553,20 +586,7 @@ class ContainerRuntime:
             raise ContainerError(f"{e}{_log_tail(directory)}") from None
 
     def _dns(self) -> list[str]:
-        if self.dns_servers is not None:
-            return self.dns_servers
-        found = []
-        with contextlib.suppress(OSError):
-            for line in Path("/etc/resolv.conf").read_text().splitlines():
-                parts = line.split()
-                if (
-                    len(parts) >= 2
-                    and parts[0] == "nameserver"
-                    and not parts[1].startswith("127.")
-                    and parts[1] != "::1"
-                ):
-                    found.append(parts[1])
-        return found or list(FALLBACK_DNS)
+        return sandbox_resolvers(self.dns_servers)
 
     # --- adopt and clean up ----------------------------------------------------------
 
@@ -628,7 +648,7 @@ class ContainerRuntime:
             release.push("its directory", shutil.rmtree, directory)
             slot = await running.take(
                 "its network slot",
-                lambda: self.pool.adopt(record.slot_index, allow_internet=record.allow_internet),
+                lambda: self.pool.adopt(record.slot_index, _recorded_egress(record)),
                 lambda slot: slot.release,
             )
             sandbox.slot = slot
@@ -949,16 +969,17 @@ def _recorded_block(directory: Path) -> int | None:
     return block if isinstance(block, int) and block >= 0 else None
 
 
-def _template_hostname(layers: list[Path]) -> str:
-    """The topmost layer's /etc/hostname, else "hearth"."""
+def _template_file(layers: list[Path], path: Path) -> str | None:
+    """A file of the template's as the sandbox would see it (the topmost layer's)."""
     for layer in reversed(layers):
-        try:
-            name = (layer / "etc" / "hostname").read_text().strip()
-        except OSError:
-            continue
-        if name:
-            return name
-    return "hearth"
+        with contextlib.suppress(OSError):
+            return (layer / path).read_text()
+    return None
+
+
+def _template_hostname(layers: list[Path]) -> str:
+    """The template's /etc/hostname, else "hearth"."""
+    return (_template_file(layers, Path("etc/hostname")) or "").strip() or "hearth"
 
 
 def _log_tail(directory: Path) -> str:
@@ -967,6 +988,10 @@ def _log_tail(directory: Path) -> str:
     except OSError:
         return ""
     return f"; its output:\n{text[-4000:]}" if text else "; it wrote nothing"
+
+
+def _recorded_egress(record: SandboxRecord) -> Egress:
+    return Egress.recorded(record.egress, allow_internet=record.allow_internet)
 
 
 async def init_envd(base_url: str, spec: SandboxSpec) -> None:

@@ -50,6 +50,8 @@ from hearth.node.guest.envd_client import ENVD_PORT, init_body
 from hearth.node.guest.kernel import CANARY_MARKER, GuestKernel, ensure_kernel
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
+from hearth.node.network.policy import Egress
+from hearth.node.network.resolvers import sandbox_resolvers
 from hearth.node.network.slots import DEFAULT_POOL, DEFAULT_PREFIX
 from hearth.node.runtime import hardware_virtualization
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
@@ -75,7 +77,6 @@ OVERLAY = "overlay.qcow2"
 # Pre-spawned VMMs kept per snapshot. Each holds a slot and an idle QEMU (a few MiB).
 POOL_SIZE = 2
 ENTROPY_BYTES = 64
-FALLBACK_DNS = ("8.8.8.8", "1.1.1.1")
 # The slots' interface prefix and rules table: the container runtime's, so one rule set
 # serves a node whichever runtime it runs (tests choose their own).
 SLOT_PREFIX = DEFAULT_PREFIX
@@ -96,7 +97,7 @@ class VmRecord:
     memory: bool  # for "paused": the memory state file holds the whole VM
     machine: dict
     snapshot: str  # the template snapshot's directory, or the saved state's
-    allow_internet: bool
+    allow_internet: bool = True  # records of earlier versions; now in `egress`
     slot_index: int = -1
     qemu_pid: int | None = None
     vmm_name: str = ""  # QEMU's -name (hearth-NAME), to recognise it after a restart
@@ -105,6 +106,7 @@ class VmRecord:
     artifact: dict | None = None  # its template's (a cold resume starts it again)
     # envd's token, which its RAM holds: a snapshot's restores show it to the first /init.
     envd_token: str | None = None
+    egress: dict | None = None  # its `Egress`, as JSON
 
     def machine_(self) -> Machine:
         m = dict(self.machine)
@@ -162,6 +164,13 @@ class MicroVMSandbox:
             await asyncio.shield(self._stack.aclose())
         finally:
             self._stopped.set()
+
+    async def set_egress(self, egress: Egress) -> None:
+        """Replace what the running VM may reach, and keep it in its record."""
+        assert self.slot is not None
+        await asyncio.to_thread(self.slot.set_egress, egress)
+        self.record.egress = egress.to_json()
+        await asyncio.to_thread(_write_record, self.directory, self.record)
 
     async def pause(self, memory: bool) -> PausedMicroVM:
         vmm = self.vmm
@@ -366,6 +375,7 @@ class MicroVMDriver:
         blocked_networks: tuple[str, ...] | None = None,
         start_timeout: float = 60.0,
         dns_servers: list[str] | None = None,
+        slot_rules: dict | None = None,
         pool_size: int = POOL_SIZE,
         boot_timeout: float = 600.0,
         **_container_only: object,
@@ -383,6 +393,7 @@ class MicroVMDriver:
         self.start_timeout = start_timeout
         self.boot_timeout = boot_timeout
         self._dns = dns_servers
+        self._slot_rules = slot_rules or {}
         self.accel = "tcg"
         self.kernel: GuestKernel | None = None
         self.bundle: Path | None = None
@@ -415,6 +426,7 @@ class MicroVMDriver:
             blocked=self._blocked if self._blocked is not None else DEFAULT_BLOCKED,
             interface_prefix=SLOT_PREFIX,
             table=RULES_TABLE,
+            **self._slot_rules,
         )
         await asyncio.to_thread(pool.setup)
         self.network = pool
@@ -425,7 +437,7 @@ class MicroVMDriver:
 
     def machine(self, cpu_count: int, memory_mb: int) -> Machine:
         assert self.kernel is not None
-        dns = self._dns if self._dns is not None else host_dns()
+        dns = sandbox_resolvers(self._dns)
         return Machine(
             kernel=self.kernel.vmlinux,
             initramfs=self.kernel.initramfs,
@@ -494,7 +506,7 @@ class MicroVMDriver:
             memory=False,
             machine=_machine_dict(snapshot.machine),
             snapshot=str(snapshot.directory),
-            allow_internet=spec.allow_internet,
+            egress=spec.egress.to_json(),
             created_at=time.time(),
             metadata=dict(spec.metadata),
             artifact=spec.artifact.to_json() if spec.artifact else None,
@@ -518,8 +530,7 @@ class MicroVMDriver:
             await asyncio.to_thread(pooled.directory.rename, directory)
             renamed = True
             pooled.vmm.directory = directory
-            if not spec.allow_internet:
-                await asyncio.to_thread(_make_offline, self.network, pooled.slot)
+            await asyncio.to_thread(pooled.slot.set_egress, spec.egress)
             await pooled.vmm.load(snapshot.device_state, timeout=self.start_timeout)
             running = time.monotonic()
             record.slot_index = pooled.slot.index
@@ -544,7 +555,7 @@ class MicroVMDriver:
         try:
             directory.mkdir(mode=0o700)
             stack.push_async_callback(_rmtree_if_there, directory)
-            slot = await _take(stack, lambda: self.network.acquire(allow_internet=True))
+            slot = await _take(stack, self.network.acquire)
             await to_thread_to_the_end(guestnet.attach, slot.netns_path, slot.address)
             overlay = directory / OVERLAY
             await to_thread_to_the_end(create_overlay, overlay, snapshot.disk, "qcow2")
@@ -590,7 +601,7 @@ class MicroVMDriver:
     async def resume(self, paused: PausedMicroVM, spec: SandboxSpec) -> MicroVMSandbox:
         record = paused.record
         directory = paused.directory
-        record.allow_internet = spec.allow_internet
+        record.egress = spec.egress.to_json()
         sandbox = MicroVMSandbox(self, record, directory)
         sandbox._stack = paused.take_stack()
         state = directory / MEMORY_STATE
@@ -624,7 +635,7 @@ class MicroVMDriver:
                     memory=state.memory,
                     machine=state.machine,
                     snapshot=str(state.directory),
-                    allow_internet=spec.allow_internet,
+                    egress=spec.egress.to_json(),
                     created_at=time.time(),
                     metadata=dict(spec.metadata),
                     artifact=artifact.to_json(),
@@ -674,7 +685,7 @@ class MicroVMDriver:
         started = time.monotonic()
         await sandbox._stack.enter_async_context(sandbox._vm_stack)
         vm = sandbox._vm_stack
-        slot = await _take(vm, lambda: self.network.acquire(allow_internet=spec.allow_internet))
+        slot = await _take(vm, lambda: self.network.acquire(spec.egress))
         sandbox.slot = slot
         await to_thread_to_the_end(guestnet.attach, slot.netns_path, slot.address)
         vmm = Vmm(directory, slot.netns_path)
@@ -889,7 +900,7 @@ class MicroVMDriver:
             await sandbox._stack.enter_async_context(sandbox._vm_stack)
             slot = await _take(
                 sandbox._vm_stack,
-                lambda: self.network.adopt(record.slot_index, allow_internet=record.allow_internet),
+                lambda: self.network.adopt(record.slot_index, _recorded_egress(record)),
             )
             sandbox.slot = slot
             vmm = Vmm(directory, slot.netns_path, record.vmm_name)
@@ -959,21 +970,6 @@ def detect_accel(kernel: GuestKernel) -> str:
         return "tcg"
     log.info("microvm: KVM acceleration (canary guest booted)")
     return "kvm"
-
-
-def host_dns() -> list[str]:
-    found = []
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if (
-                len(parts) >= 2
-                and parts[0] == "nameserver"
-                and ":" not in parts[1]
-                and not parts[1].startswith("127.")
-            ):
-                found.append(parts[1])
-    return found or list(FALLBACK_DNS)
 
 
 async def init_envd(
@@ -1052,10 +1048,8 @@ async def _take(stack: contextlib.AsyncExitStack, acquire) -> NetworkSlot:
     return await to_thread_to_the_end(acquire, taken=taken)
 
 
-def _make_offline(pool: NetworkPool | None, slot: NetworkSlot) -> None:
-    assert pool is not None
-    pool.rules.add_slot(slot.interface, slot.address, allow_internet=False)
-    slot.allow_internet = False
+def _recorded_egress(record: VmRecord) -> Egress:
+    return Egress.recorded(record.egress, allow_internet=record.allow_internet)
 
 
 def _machine_dict(m: Machine) -> dict:

@@ -167,7 +167,7 @@ async def _take(
     s.memory.with_suffix(".owner").write_text(f"{s.directory.resolve()}\n")
     async with contextlib.AsyncExitStack() as stack:
         slot = await to_thread_to_the_end(
-            lambda: pool.acquire(allow_internet=True),
+            pool.acquire,
             taken=lambda slot: stack.push_async_callback(asyncio.to_thread, slot.release),
         )
         await asyncio.to_thread(guestnet.attach, slot.netns_path, slot.address)

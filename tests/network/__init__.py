@@ -1,0 +1,1 @@
+"""Tests of network policy, and the stand-in internet they reach (`internet.py`)."""
