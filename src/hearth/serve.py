@@ -205,11 +205,14 @@ async def serve(
         stack.push_async_callback(_stop_api, api_server, api_task)
 
         directory = live_sandboxes(app)
-        gateway = Gateway(directory, domains=domains, api_socket=api_socket)
+        headers_for = getattr(node, "headers_for", None)
+        gateway = Gateway(
+            directory, domains=domains, api_socket=api_socket, headers_for=headers_for
+        )
         listeners = [Listener(public, gateway.handle, tls=tls)]
         gateways = [gateway]
         if proxy_sock is not None:
-            proxy_only = Gateway(directory, domains=domains)
+            proxy_only = Gateway(directory, domains=domains, headers_for=headers_for)
             listeners.append(Listener(proxy_sock, proxy_only.handle, tls=tls))
             gateways.append(proxy_only)
         for listener in listeners:

@@ -386,3 +386,50 @@ def _restart_keeps_rules(internet: Internet, container_data_dir: Path) -> None:
                 Sandbox.kill(sbx.sandbox_id)
         finally:
             assert server.stop(), "hearth serve did not stop"
+
+
+def test_transforms_apply_to_another_sandboxs_url(make, hearth: Hearth) -> None:
+    echo = (
+        "import http.server,json\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "  def do_GET(self):\n"
+        "    body=json.dumps(dict(self.headers)).encode()\n"
+        "    self.send_response(200); self.send_header('Content-Length',str(len(body)))\n"
+        "    self.end_headers(); self.wfile.write(body)\n"
+        "http.server.HTTPServer(('',8000),H).serve_forever()\n"
+    )
+    server = make()
+    server.files.write("/tmp/echo.py", echo)
+    server.commands.run("python3 /tmp/echo.py", background=True)
+    host = server.get_host(8000)
+    rules = {host: [{"transform": {"headers": {"X-Injected": "secret-2"}}}]}
+    client = make(network={"rules": rules})
+    gateway = _run(client, "ip route | awk '/default/ {print $3}'")[1].strip()
+    url = f"http://{gateway}:{hearth.port}/"
+    for _ in range(50):  # until the server listens; nothing timed
+        code, out = _run(client, f"{CURL} -f -H 'Host: {host}' {url}")
+        if code == 0:
+            break
+        time.sleep(0.2)
+    assert code == 0, out
+    assert json.loads(out).get("X-Injected") == "secret-2"
+    # Another sandbox's requests get nothing of it.
+    other = make()
+    code, out = _run(other, f"{CURL} -f -H 'Host: {host}' {url}")
+    assert code == 0 and "X-Injected" not in json.loads(out)
+
+
+def test_the_npm_sdk_sets_and_updates_rules(hearth: Hearth, internet: Internet) -> None:
+    from api.conftest import run_npm_script
+
+    env = {
+        **hearth.env(),
+        "HEARTH_ALLOWED_URL": internet.site("site-a").url(by_address=True),
+        "HEARTH_DENIED_URL": internet.site("site-b").url(by_address=True),
+    }
+    found = run_npm_script(Path(__file__).with_name("network.mjs"), env)
+    assert found["created"] == [[True, False]]
+    assert found["updated"] == [[False, True]]
+    assert found["cleared"] == [[True, True]]
+    (message,) = found["malformed"]
+    assert "invalid denied CIDR example.com" in message

@@ -110,7 +110,19 @@ def test_transforms_are_per_host_and_checked() -> None:
     assert policy.headers_for("api.test") == {"X-A": "1"}
     assert policy.headers_for("other.test") == {}
     assert policy.web_proxied and not policy.proxied
+    layered = Egress.parse(
+        rules={
+            "*.test": [{"transform": {"headers": {"X-A": "wide"}}}],
+            "*.api.test": [{"transform": {"headers": {"X-B": "narrow"}}}],
+            "v1.api.test": [{"transform": {"headers": {"X-C": "exact"}}}],
+        }
+    )
+    assert layered.headers_for("v1.api.test") == {"X-C": "exact"}  # exact first, unmerged
+    assert layered.headers_for("v2.api.test") == {"X-B": "narrow"}  # longest wildcard
+    assert layered.headers_for("x.test") == {"X-A": "wide"}
+    assert layered.headers_for("test") == {}
     bad = [
+        ({"*": []}, "is not a valid domain name"),
         ({f"h{i}.test": [] for i in range(11)}, "at most 10 domains"),
         ({"": []}, "must not be empty"),
         ({"bad host!": []}, "is not a valid domain name"),

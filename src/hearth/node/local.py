@@ -617,6 +617,12 @@ class LocalNode:
                 )
             return sandbox.address
 
+    def headers_for(self, address: str, host: str) -> dict[str, str]:
+        """The header transforms for host `host` of the sandbox at `address` (the gateway
+        applies them to sandboxes' requests to the server's own URLs)."""
+        policy = self._policies.get(address)
+        return policy.headers_for(host) if policy is not None else {}
+
     async def update_network(self, sandbox_id: str, egress: Egress) -> None:
         """Replace a running sandbox's egress policy at once (connections it now forbids
         are cut); a paused one takes its policy from the spec of its resume."""

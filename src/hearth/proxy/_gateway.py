@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs
@@ -33,6 +33,10 @@ from hearth.proxy._routing import Refusal, ToApi, ToSandbox, Unnamed
 from hearth.proxy._streams import SandboxStreams
 
 log = logging.getLogger(__name__)
+
+# (client address, Host without its port) -> headers to set on the request: the header
+# transforms of the sandbox at that address, for its requests to other sandboxes' URLs.
+HeadersFor = Callable[[str, str], Mapping[str, str]]
 
 CONNECT_TIMEOUT = 10.0
 # Longer than any SDK's keep-alive expiry (300 s), so the client always closes first.
@@ -97,8 +101,10 @@ class Gateway:
         *,
         domains: Sequence[str] = (),
         api_socket: str | None = None,
+        headers_for: HeadersFor | None = None,
     ) -> None:
         self._directory = directory
+        self._headers_for = headers_for
         self._domains = tuple(d.lower() for d in domains)
         self._api_socket = api_socket
         self._connections: set[asyncio.Task[None]] = set()
@@ -109,6 +115,8 @@ class Gateway:
         assert task is not None
         self._connections.add(task)
         client = Peer(h11.SERVER, reader, writer, "client")
+        peer = writer.get_extra_info("peername")
+        client_address = peer[0] if peer else ""
         upstream: Upstream | None = None
         try:
             while True:
@@ -119,6 +127,7 @@ class Gateway:
                 if isinstance(target, Refusal):
                     await self._refuse(client, request, target)
                 else:
+                    request = self._transformed(request, client_address)
                     upstream = await self._forward(client, request, target, upstream)
                 if not _next_cycle(client):
                     break
@@ -136,6 +145,26 @@ class Gateway:
                 await upstream.aclose()
             await _close(client)
             self._connections.discard(task)
+
+    def _transformed(self, request: h11.Request, client_address: str) -> h11.Request:
+        """`request` with the header transforms of the sandbox that sends it, if any (its
+        egress proxy cannot see requests to the server's own address)."""
+        if self._headers_for is None or not client_address:
+            return request
+        host = next((v for n, v in request.headers.raw_items() if n.lower() == b"host"), b"")
+        name = host.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host else ""
+        headers = self._headers_for(client_address, name)
+        if not headers:
+            return request
+        names = {n.lower().encode() for n in headers}
+        kept = [(n, v) for n, v in request.headers.raw_items() if n.lower() not in names]
+        added = [(n.encode(), v.encode()) for n, v in headers.items()]
+        return h11.Request(
+            method=request.method,
+            target=request.target,
+            headers=kept + added,
+            http_version=request.http_version,
+        )
 
     async def aclose(self) -> None:
         """End every open connection (server shutdown)."""

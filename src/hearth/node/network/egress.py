@@ -761,6 +761,8 @@ def _dns_resolver(nameservers: Sequence[str]) -> Resolve:
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [_nameserver(entry) for entry in nameservers]
     resolver.lifetime = 5.0
+    # Answers kept for their TTL: a new connection to a name costs no round trip.
+    resolver.cache = dns.resolver.LRUCache(max_size=4096)
 
     async def resolve(name: str) -> list[str]:
         try:

@@ -183,12 +183,13 @@ class Egress:
         return any(_matches(pattern, name) for pattern in self.domains)
 
     def headers_for(self, name: str) -> dict[str, str]:
-        """The headers to set on an HTTP request to host `name` (empty: none)."""
-        found: dict[str, str] = {}
-        for pattern, headers in self.transforms:
-            if _matches(pattern, name):
-                found.update(headers)
-        return found
+        """The headers to set on an HTTP request to host `name` (empty: none): an exact
+        rule's, else the longest matching wildcard's; rules are never merged (E2B's)."""
+        found = [(p, h) for p, h in self.transforms if _matches(p, name)]
+        if not found:
+            return {}
+        exact = [h for p, h in found if not p.startswith("*")]
+        return dict(exact[0] if exact else max(found, key=lambda m: len(m[0]))[1])
 
 
 UNRESTRICTED = Egress()
@@ -251,7 +252,7 @@ def _transforms(rules: Mapping[str, Any]) -> tuple[tuple[str, tuple[tuple[str, s
                 f"Rule domain {host!r} exceeds maximum length of {MAX_DOMAIN_LENGTH} characters."
             )
         pattern = _domain(host.split(":")[0]) if host.count(":") <= 1 else None
-        if pattern is None:
+        if pattern is None or pattern == "*":
             raise PolicyError(f"Rule domain {host!r} is not a valid domain name.")
         entries = list(entries or ())
         if len(entries) > MAX_TRANSFORMS_PER_DOMAIN:
