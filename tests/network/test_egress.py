@@ -9,11 +9,13 @@ SDKs' `test_network.py`, with the stand-in's sites for 8.8.8.8, 1.1.1.1 and goog
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import shlex
 import shutil
-import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,9 +132,7 @@ def test_udp_follows_the_address_rules(make, internet: Internet) -> None:
 
 def test_private_ranges_and_host_services_stay_closed(make, hearth: Hearth) -> None:
     # A service on the host, on every address: no rule may open it to a sandbox.
-    listener = socket.create_server(("0.0.0.0", 0))
-    port = listener.getsockname()[1]
-    try:
+    with _host_service() as port:
         for network in ({}, {"allow_out": ["10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"]}):
             sbx = make(network=network)
             gateway = _run(sbx, "ip route | awk '/default/ {print $3}'")[1].strip()
@@ -140,8 +140,6 @@ def test_private_ranges_and_host_services_stay_closed(make, hearth: Hearth) -> N
             assert not _reaches(sbx, "http://169.254.169.254/")
             # The server's own port is the one way in: another sandbox's ports through it.
             assert _reaches(sbx, f"http://{gateway}:{hearth.port}/health")
-    finally:
-        listener.close()
 
 
 # --- domains ----------------------------------------------------------------------------
@@ -310,6 +308,22 @@ def test_update_of_an_unknown_sandbox_is_404_and_needs_a_key(hearth: Hearth) -> 
         assert api.put("/sandboxes/any/network", json={}).status_code == 401
 
 
+@contextlib.contextmanager
+def _host_service() -> Iterator[int]:
+    """An HTTP server of the host's on every address (its port), that answers anyone
+    who reaches it: what no sandbox may."""
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client() as client:  # it does answer
+            assert client.get(f"http://127.0.0.1:{server.server_port}/").status_code == 200
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _wait_for(condition, *, attempts: int = 300) -> None:
     for _ in range(attempts):
         if condition():
@@ -433,3 +447,16 @@ def test_the_npm_sdk_sets_and_updates_rules(hearth: Hearth, internet: Internet) 
     assert found["cleared"] == [[True, True]]
     (message,) = found["malformed"]
     assert "invalid denied CIDR example.com" in message
+
+
+def test_a_name_that_points_at_the_host_opens_nothing(make, fresh_internet: Internet) -> None:
+    # An allowed name whose record is one of the host's own (public-looking) addresses:
+    # the proxy resolves it, and still never connects a sandbox to the host's services.
+    with _host_service() as port:
+        fresh_internet.set_record("host.test", [fresh_internet.gateway])
+        sbx = make(network={"allow_out": ["host.test"], "deny_out": [ALL]})
+        # Asked at an address that is not the host's, the kernel hands it to the proxy.
+        other = fresh_internet.site("other").address
+        _run(sbx, f"echo '{other} host.test' >> /etc/hosts", user="root")
+        assert not _reaches(sbx, f"http://host.test:{port}/")
+        assert not _reaches(sbx, f"http://{fresh_internet.gateway}:{port}/")

@@ -259,9 +259,12 @@ class LocalNode:
         upstream = ssl.create_default_context()
         if self._ca is not None:
             upstream.load_verify_locations(cadata=self._ca.cert_pem)
+        # The host's own addresses too: a name that resolves to one must not reach the
+        # host's services through the proxy (the kernel keeps sandboxes from them).
+        own = await asyncio.to_thread(_host_addresses)
         proxy = EgressProxy(
             self._policies.get,
-            blocked=[ipaddress.ip_network(b) for b in self._blocked],
+            blocked=[ipaddress.ip_network(b) for b in (*self._blocked, *own)],
             nameservers=self._resolvers,
             tls_for=self._ca.server_context if self._ca is not None else None,
             upstream_tls=upstream,
@@ -722,6 +725,14 @@ class LocalNode:
         if self._build_driver is not None:
             await self._build_driver.shutdown()
         await self._close_egress()
+
+
+def _host_addresses() -> list[str]:
+    """Every IPv4 address of this host's interfaces, as /32s."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return [f"{a.get_attr('IFA_ADDRESS')}/32" for a in ipr.get_addr(family=2)]
 
 
 def _progress_log(level: str, message: str, step: str | None) -> None:
