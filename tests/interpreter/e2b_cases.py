@@ -1,6 +1,6 @@
-"""E2B's own expectations for javascript/typescript results and for charts, shared by the
-Python SDK tests (`test_javascript.py`, `test_charts.py`) and the npm SDK's
-(`npm/cases.mjs`, run by `test_npm.py`).
+"""E2B's own expectations for javascript/typescript results and console output and for
+charts, shared by the Python SDK tests (`test_javascript.py`, `test_charts.py`) and the npm
+SDK's (`npm/cases.mjs`, run by `test_npm.py`).
 
 Sources, in e2b-dev/code-interpreter: `js/tests/languages/js.test.ts` and
 `python/tests/languages/test_js.py` (top-level await, es6, context, cwd, ts),
@@ -8,7 +8,8 @@ Sources, in e2b-dev/code-interpreter: `js/tests/languages/js.test.ts` and
 `js/tests/graphs/*.test.ts`, `python/tests/charts/test_scale.py` and
 `chart_data_extractor/tests/` (the `e2b-charts` package). The other javascript values
 follow from E2B's kernel (ijavascript, see `hearth.interpreter._deno`): node's
-`util.inspect`, then the server strips the quotes around a string.
+`util.inspect`, then the server strips the quotes around a string; its console output is a
+node `console.Console`'s.
 """
 
 from __future__ import annotations
@@ -37,10 +38,56 @@ JS_RESULTS: list[tuple[str, str, str | None]] = [
     ("javascript", "new Map([[1, 'a']])", "Map(1) { 1 => 'a' }"),
     ("javascript", "Promise.resolve('resolved')", "resolved"),
     ("javascript", "await new Promise((r) => setTimeout(() => r('later'), 100))", "later"),
+    # Values deno's own result hook loses (hearth.interpreter._deno): inspect shows them.
+    ("javascript", "null", "null"),
+    ("javascript", "NaN", "NaN"),
+    ("javascript", "-Infinity", "-Infinity"),
+    ("javascript", "-0", "-0"),
+    ("javascript", "10n", "10n"),
+    ("javascript", "await Promise.resolve(null)", "null"),
+    ("ts", "const nothing: string | null = null\nnothing", "null"),
     ("javascript", "undefined", None),
+    ("javascript", "void 0", None),
     ("javascript", "let declared = 1", None),
     ("javascript", "process.env.SANDBOX_VAR", "from create"),
     ("javascript", "process.env.NOT_SET || 'default'", "default"),
+]
+
+# (language, code, stdout, stderr): console output as node's `console` prints it (nel runs
+# cells with one): `util.format`, so strings raw at the top level and quoted in objects.
+JS_LOGS: list[tuple[str, str, str, str]] = [
+    ("javascript", "console.log({a: 'x'})", "{ a: 'x' }\n", ""),
+    (
+        "javascript",
+        "console.log('raw', \"it's\", 42, ['q'], null)",
+        "raw it's 42 [ 'q' ] null\n",
+        "",
+    ),
+    (
+        "javascript",
+        "console.log('%s is %d, %i, %o, 100%%', 'Bob', 42.5, 7.9, {k: 'v'})",
+        "Bob is 42.5, 7, { k: 'v' }, 100%\n",
+        "",
+    ),
+    (
+        "ts",
+        "const m: Map<string, string> = new Map([['k', 'v']])\nconsole.error(m)",
+        "",
+        "Map(1) { 'k' => 'v' }\n",
+    ),
+    (
+        "javascript",
+        "console.group('G'); console.warn('in'); console.groupEnd(); console.info('out')",
+        "G\nout\n",
+        "  in\n",
+    ),
+    # node's `process`, once used, must not take the console's output with it.
+    (
+        "javascript",
+        "console.log(process.pid > 0, {b: 'x'}); console.count()",
+        "true { b: 'x' }\ndefault: 1\n",
+        "",
+    ),
 ]
 
 BOX_DATA = """

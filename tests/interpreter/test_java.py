@@ -85,6 +85,29 @@ def test_env_vars_sandbox_per_execution_and_overwrite(sbx: Sandbox) -> None:
     assert text(sbx, 'System.getenv("QUOTED")', envs={"QUOTED": quoted}) == quoted
 
 
+def test_child_processes_see_the_env_vars(sbx: Sandbox) -> None:
+    # A child that Runtime.exec or a ProcessBuilder starts inherits the sandbox's variables
+    # and the run's, as a child of the python kernel does (the last run).
+    def child(name: str) -> str:
+        command = f'new String[] {{"sh", "-c", "echo ${{{name}-unset}}"}}'
+        return f"new String(Runtime.getRuntime().exec({command}).getInputStream().readAllBytes())"
+
+    printenv = (
+        'new String(new ProcessBuilder("printenv", "FOO").start().getInputStream().readAllBytes())'
+    )
+    assert text(sbx, child("SANDBOX_VAR")) == "from create\n"
+    assert text(sbx, child("FOO"), envs={"FOO": "bar"}) == "bar\n"
+    assert text(sbx, printenv, envs={"FOO": "via builder"}) == "via builder\n"
+    assert text(sbx, child("FOO")) == "unset\n"  # the run's variables end with the run
+    assert text(sbx, child("SANDBOX_VAR"), envs={"SANDBOX_VAR": "over"}) == "over\n"
+    assert text(sbx, child("SANDBOX_VAR")) == "from create\n"
+    python = sbx.run_code(
+        "import subprocess\nsubprocess.run(['printenv', 'FOO'], capture_output=True).stdout",
+        envs={"FOO": "bar"},
+    )
+    assert python.text == "b'bar\\n'"
+
+
 def test_cwd_and_user(sbx: Sandbox) -> None:
     code = 'System.getProperty("user.dir") + " " + Path.of("f").toAbsolutePath()'
     assert text(sbx, code) == "/home/user /home/user/f"

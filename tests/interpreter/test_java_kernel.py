@@ -104,14 +104,27 @@ def test_env_code_sets_properties_and_environment(runner: Runner) -> None:
     assert run(runner, java.set_env("HEARTH_TEST", value))[0] == {"done": True}
     code = 'System.getProperty("HEARTH_TEST") + "|" + System.getenv("HEARTH_TEST")'
     assert run(runner, code)[0]["result"] == f"{value}|{value}"
-    # A ProcessBuilder's environment() starts from it (a JVM cannot change its own
-    # process's environment, which a child gets when environment() was never asked).
-    child = 'var pb = new ProcessBuilder("printenv", "HEARTH_TEST"); pb.environment();'
-    run(runner, child)
-    output = "new String(pb.start().getInputStream().readAllBytes())"
-    assert run(runner, output)[0]["result"] == value + "\n"
+    # Children see it whether or not their environment() was asked for: a ProcessBuilder's
+    # environment() starts from System.getenv(), a plain start or Runtime.exec inherits the
+    # process's own environment.
+    output = "new String({}.getInputStream().readAllBytes())"
+    asked = 'var pb = new ProcessBuilder("printenv", "HEARTH_TEST"); pb.environment();'
+    run(runner, asked)
+    assert run(runner, output.format("pb.start()"))[0]["result"] == value + "\n"
+    plain = output.format('new ProcessBuilder("printenv", "HEARTH_TEST").start()')
+    assert run(runner, plain)[0]["result"] == value + "\n"
+    shell = (
+        'Runtime.getRuntime().exec(new String[] {"sh", "-c", "echo \\"[${HEARTH_TEST-unset}]\\""})'
+    )
+    assert run(runner, output.format(shell))[0]["result"] == f"[{value}]\n"
     run(runner, java.unset_env("HEARTH_TEST"))
     assert run(runner, code)[0]["result"] == "null|null"
+    assert run(runner, output.format(shell))[0]["result"] == "[unset]\n"
+    # A name the environment cannot hold stays a property, and leaves the environment be.
+    run(runner, java.set_env("HEARTH=BAD", "x"))
+    assert run(runner, 'System.getProperty("HEARTH=BAD")')[0]["result"] == "x"
+    environment = run(runner, output.format('new ProcessBuilder("env").start()'))[0]["result"]
+    assert "HEARTH=BAD" not in environment and "HEARTH_TEST" not in environment
 
 
 def test_sigint_stops_the_run(runner: Runner) -> None:

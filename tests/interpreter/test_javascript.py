@@ -1,12 +1,13 @@
-"""Javascript and typescript results through the released `e2b-code-interpreter` SDK, as
-E2B's javascript kernel gives them (`e2b_cases.JS_RESULTS`, `hearth.interpreter._deno`)."""
+"""Javascript and typescript results and console output through the released
+`e2b-code-interpreter` SDK, as E2B's javascript kernel gives them (`e2b_cases.JS_RESULTS`,
+`e2b_cases.JS_LOGS`, `hearth.interpreter._deno`)."""
 
 from __future__ import annotations
 
 import pytest
 from e2b_code_interpreter import Sandbox
 
-from .e2b_cases import JS_RESULTS
+from .e2b_cases import JS_LOGS, JS_RESULTS
 
 pytestmark = pytest.mark.root
 
@@ -20,6 +21,16 @@ def test_results_read_as_on_e2b(
     assert execution.text == expected
     if expected is None:
         assert execution.results == []
+
+
+@pytest.mark.parametrize(("language", "code", "stdout", "stderr"), JS_LOGS)
+def test_console_prints_as_node(
+    sbx: Sandbox, language: str, code: str, stdout: str, stderr: str
+) -> None:
+    execution = sbx.run_code(code, language=language)
+    assert execution.error is None, execution.error
+    assert ("".join(execution.logs.stdout), "".join(execution.logs.stderr)) == (stdout, stderr)
+    assert execution.results == []
 
 
 def test_state_env_vars_and_cwd(sbx: Sandbox) -> None:

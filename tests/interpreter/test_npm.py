@@ -1,5 +1,5 @@
 """The npm `@e2b/code-interpreter` SDK (JS) against `hearth serve`: `npm/run_code.mjs`, and
-E2B's javascript and chart cases (`e2b_cases`) through `npm/cases.mjs`."""
+E2B's javascript, console and chart cases (`e2b_cases`) through `npm/cases.mjs`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Hearth
-from .e2b_cases import CHARTS, JS_RESULTS, check_chart
+from .e2b_cases import CHARTS, JS_LOGS, JS_RESULTS, check_chart
 
 pytestmark = pytest.mark.root
 
@@ -66,13 +66,17 @@ def test_npm_code_interpreter(hearth: Hearth, node_modules: Path) -> None:
 def test_npm_e2b_cases(hearth: Hearth, node_modules: Path, tmp_path: Path) -> None:
     cases = tmp_path / "cases.json"
     js = [[language, code] for language, code, _ in JS_RESULTS]
-    cases.write_text(json.dumps({"js": js, "charts": CHARTS}))
+    logs = [[language, code] for language, code, _, _ in JS_LOGS]
+    cases.write_text(json.dumps({"js": js, "logs": logs, "charts": CHARTS}))
     results = _node(hearth, "cases.mjs", str(cases))
     assert results["done"] is True
     for i, (language, code, expected) in enumerate(JS_RESULTS):
         got = results[f"js:{i}"]
         want = {"text": expected, "results": 0 if expected is None else 1, "error": None}
         assert got == want, (language, code)
+    for i, (language, code, stdout, stderr) in enumerate(JS_LOGS):
+        got = results[f"logs:{i}"]
+        assert got == {"stdout": stdout, "stderr": stderr, "error": None}, (language, code)
     for name in CHARTS:
         got = results[f"chart:{name}"]
         assert isinstance(got, dict) and got["error"] is None, (name, got)

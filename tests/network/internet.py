@@ -42,21 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hearth.node.network.rules import DEFAULT_BLOCKED
+
 SERVERS = Path(__file__).with_name("_servers.py")
 BENCHMARK_RANGE = ipaddress.ip_network("198.18.0.0/15")
-# E2B's private ranges: what a sandbox may never reach whatever its rules.
-E2B_PRIVATE = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-    )
-)
+# E2B's private ranges: what a sandbox may never reach whatever its rules (Hearth's list).
+E2B_PRIVATE = tuple(ipaddress.ip_network(n) for n in DEFAULT_BLOCKED)
 
 HTTP_PORT = 80
 HTTPS_PORT = 443

@@ -308,6 +308,16 @@ def test_update_of_an_unknown_sandbox_is_404_and_needs_a_key(hearth: Hearth) -> 
         assert api.put("/sandboxes/any/network", json={}).status_code == 401
 
 
+def _once_served(sbx, command: str) -> str:
+    """`command`'s output once it succeeds (a server another sandbox just started)."""
+    for _ in range(50):  # until the server listens; nothing timed
+        code, out = _run(sbx, command)
+        if code == 0:
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"{command!r} never succeeded: {out}")
+
+
 @contextlib.contextmanager
 def _host_service() -> Iterator[int]:
     """An HTTP server of the host's on every address (its port), that answers anyone
@@ -343,12 +353,7 @@ def test_a_sandbox_reaches_another_through_the_proxy(make, hearth: Hearth) -> No
     gateway = _run(client, "ip route | awk '/default/ {print $3}'")[1].strip()
     headers = f"-H 'E2b-Sandbox-Id: {server.sandbox_id}' -H 'E2b-Sandbox-Port: 8000'"
     url = f"http://{gateway}:{hearth.port}/hello.txt"
-    for _ in range(50):  # until the server listens; nothing timed
-        code, out = _run(client, f"{CURL} -f {headers} {url}")
-        if code == 0:
-            break
-        time.sleep(0.2)
-    assert out == "from the other sandbox"
+    assert _once_served(client, f"{CURL} -f {headers} {url}") == "from the other sandbox"
     # The way to the proxy is a destination like any other: a deny of all closes it.
     client.update_network({"deny_out": [ALL]})
     assert _run(client, f"{CURL} {headers} {url}")[0] != 0
@@ -420,12 +425,7 @@ def test_transforms_apply_to_another_sandboxs_url(make, hearth: Hearth) -> None:
     client = make(network={"rules": rules})
     gateway = _run(client, "ip route | awk '/default/ {print $3}'")[1].strip()
     url = f"http://{gateway}:{hearth.port}/"
-    for _ in range(50):  # until the server listens; nothing timed
-        code, out = _run(client, f"{CURL} -f -H 'Host: {host}' {url}")
-        if code == 0:
-            break
-        time.sleep(0.2)
-    assert code == 0, out
+    out = _once_served(client, f"{CURL} -f -H 'Host: {host}' {url}")
     assert json.loads(out).get("X-Injected") == "secret-2"
     # Another sandbox's requests get nothing of it.
     other = make()

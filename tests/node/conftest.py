@@ -53,15 +53,27 @@ def spec(template: str = "busybox", **overrides) -> SandboxSpec:
 # --- what a sandbox may leave on the host ---------------------------------------------
 
 
+def _of_a_slot(element) -> bool:
+    """Whether a set element names a slot (an interface, alone or first in a pair)."""
+    if isinstance(element, dict) and "concat" in element:
+        element = element["concat"][0]
+    if isinstance(element, list):  # a map's [key, value]
+        element = element[0]
+    return isinstance(element, str) and element.startswith(INTERFACE_PREFIX)
+
+
 def _nft_elements(name: str) -> list:
-    done = subprocess.run(
-        ["nft", "-j", "list", "set", "inet", TABLE, name], capture_output=True, text=True
-    )
-    if done.returncode != 0:
+    for kind in ("set", "map"):
+        done = subprocess.run(
+            ["nft", "-j", "list", kind, "inet", TABLE, name], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            break
+    else:
         return []
     found = []
     for item in json.loads(done.stdout).get("nftables", []):
-        found += item.get("set", {}).get("elem", [])
+        found += (item.get("set") or item.get("map") or {}).get("elem", [])
     return found
 
 
@@ -111,7 +123,7 @@ def leaks(data_dir: Path) -> dict[str, list]:
         "netns pins": _ls(data_dir / "netns"),
         "netns mounts": [line for line in mountinfo if "nsfs" in line and str(data_dir) in line],
         "interfaces": [n for n in _ls(Path("/sys/class/net")) if n.startswith(INTERFACE_PREFIX)],
-        "rules": [e for name in SLOT_SETS for e in _nft_elements(name)],
+        "rules": [e for name in SLOT_SETS for e in _nft_elements(name) if _of_a_slot(e)],
         "mounts (any namespace)": [
             line for line in _all_mount_tables().splitlines() if str(data_dir) in line
         ],

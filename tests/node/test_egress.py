@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import ipaddress
 import json
@@ -28,10 +27,6 @@ import dns.rcode
 import dns.rrset
 import h11
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hearth.node.network import _sniff
 from hearth.node.network.egress import EgressProxy, original_destination
@@ -63,43 +58,19 @@ def domains(*names: str, allow: tuple[str, ...] = (), rules=None) -> Egress:
 
 
 class CA:
-    """A certificate authority of its own, issuing server certificates on demand."""
+    """A certificate authority of its own (Hearth's `LocalCA`, as the node uses it),
+    issuing server certificates on demand."""
 
-    def __init__(self, title: str, directory: Path) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(self, directory: Path) -> None:
+        from cryptography.x509.oid import NameOID
+
+        from hearth.tls import LocalCA
+
         self.directory = directory
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, title)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
-        self._servers: dict[str, ssl.SSLContext] = {}
+        self._ca = LocalCA.load_or_create(directory)
+        self.pem = self._ca.cert_pem
+        (cn,) = self._ca.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        self.common_name = cn.value
 
     def client(self, alpn: list[str] | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=self.pem)
@@ -108,53 +79,19 @@ class CA:
         return context
 
     def server(self, name: str) -> ssl.SSLContext:
-        if name not in self._servers:
-            key = ec.generate_private_key(ec.SECP256R1())
-            now = datetime.datetime.now(datetime.UTC)
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(self.cert.subject)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(
-                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-                )
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                    critical=False,
-                )
-                .sign(self.key, hashes.SHA256())
-            )
-            path = self.directory / f"{name}.pem"
-            path.write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-                + cert.public_bytes(serialization.Encoding.PEM)
-            )
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(path)
-            self._servers[name] = context
-        return self._servers[name]
+        return self._ca.server_context(name)
 
 
 @pytest.fixture(scope="module")
 def proxy_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
     """The local CA the proxy terminates TLS with; sandboxes trust it."""
-    return CA("Hearth test local CA", tmp_path_factory.mktemp("proxy-ca"))
+    return CA(tmp_path_factory.mktemp("proxy-ca"))
 
 
 @pytest.fixture(scope="module")
 def web_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
     """The CA of the servers on the "internet"; the proxy trusts it (`upstream_tls`)."""
-    return CA("Hearth test web CA", tmp_path_factory.mktemp("web-ca"))
+    return CA(tmp_path_factory.mktemp("web-ca"))
 
 
 # --- servers on the "internet" -----------------------------------------------------------------
@@ -794,7 +731,8 @@ async def test_transforms_apply_inside_tls_with_the_local_ca(net, internet, prox
     )
     tls = writer.get_extra_info("ssl_object")
     assert tls.selected_alpn_protocol() == "http/1.1"
-    assert dict(x[0] for x in tls.getpeercert()["issuer"])["commonName"] == "Hearth test local CA"
+    issuer = dict(x[0] for x in tls.getpeercert()["issuer"])["commonName"]
+    assert issuer == proxy_ca.common_name  # the proxy's certificate, not the site's
     client = Http(reader, writer)
     for _ in range(2):
         answer = await client.request(NAME, [("Authorization", "Bearer sandbox")])
@@ -804,7 +742,7 @@ async def test_transforms_apply_inside_tls_with_the_local_ca(net, internet, prox
 
 
 async def test_an_upstream_the_proxy_cannot_verify_is_not_reached(net, internet, proxy_ca):
-    impostor = CA("Impostor", proxy_ca.directory)
+    impostor = CA(proxy_ca.directory / "impostor")
     server = await internet.serve(TLS, _http("tls"), tls=impostor.server(NAME))
     net.policies[SANDBOX] = Egress.parse(rules=RULES)
     net.names[NAME] = [TLS]

@@ -1,8 +1,9 @@
 // The npm `@e2b/code-interpreter` SDK on E2B's cases (tests/interpreter/e2b_cases.py):
-// javascript/typescript results and every chart type. Run by tests/interpreter/test_npm.py
-// with the E2B_* variables of recipe A set and a JSON file of the cases as argument:
-// {"js": [[language, code], ...], "charts": {name: code}}. Prints `RESULT <name> <json>`
-// per case; the Python side asserts what E2B's tests expect.
+// javascript/typescript results and console output, and every chart type. Run by
+// tests/interpreter/test_npm.py with the E2B_* variables of recipe A set and a JSON file of
+// the cases as argument: {"js": [[language, code], ...], "logs": [[language, code], ...],
+// "charts": {name: code}}. Prints `RESULT <name> <json>` per case; the Python side asserts
+// what E2B's tests expect.
 import { readFileSync } from 'node:fs'
 
 import { Sandbox } from '@e2b/code-interpreter'
@@ -20,6 +21,14 @@ async function main() {
       record(`js:${i}`, {
         text: execution.text ?? null,
         results: execution.results.length,
+        error: execution.error ? execution.error.name : null,
+      })
+    }
+    for (const [i, [language, code]] of cases.logs.entries()) {
+      const execution = await sbx.runCode(code, { language })
+      record(`logs:${i}`, {
+        stdout: execution.logs.stdout.join(''),
+        stderr: execution.logs.stderr.join(''),
         error: execution.error ? execution.error.name : null,
       })
     }

@@ -42,6 +42,11 @@ async function main() {
       envs: { PER_RUN: 'java yes' },
     })
     check(jenv.text === 'java yes', `java env ${jenv.text}`)
+    const jchild = await sbx.runCode(
+      'new String(new ProcessBuilder("printenv", "PER_RUN").start().getInputStream().readAllBytes())',
+      { language: 'java', envs: { PER_RUN: 'child yes' } },
+    )
+    check(jchild.text === 'child yes\n', `java child env ${JSON.stringify(jchild.text)}`)
     const jerr = await sbx.runCode('int zero = 0; 1 / zero', { language: 'java' })
     check(jerr.error && jerr.error.name === 'EvalException', `java error ${JSON.stringify(jerr.error)}`)
     check(jerr.error.traceback.includes('ArithmeticException'), 'java traceback')

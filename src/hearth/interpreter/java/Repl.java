@@ -12,6 +12,8 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.PrintStream;
+import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodType;
 import java.lang.reflect.Field;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
@@ -27,6 +29,10 @@ import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.stream.Collectors;
 
+import jdk.incubator.foreign.CLinker;
+import jdk.incubator.foreign.FunctionDescriptor;
+import jdk.incubator.foreign.MemoryAddress;
+import jdk.incubator.foreign.ResourceScope;
 import jdk.jshell.DeclarationSnippet;
 import jdk.jshell.Diag;
 import jdk.jshell.EvalException;
@@ -66,6 +72,8 @@ public final class Repl {
         "1 + 1", "String warm = \"up\" + 1;", "warm.length()", "int[] ints = {1, 2};",
         "for (int i : ints) { warm += i; }", "Math.max(ints[0], 2)",
         "System.getProperty(\"user.dir\", \"\");",
+        // The interpreter's env-var snippets, and the foreign linker they start.
+        "hearth.Repl.setenv(\"HEARTH_WARMUP\", \"1\");", "hearth.Repl.unsetenv(\"HEARTH_WARMUP\");",
     };
     private static final int STREAM_LIMIT = 1 << 16; // bytes held before they are sent
     private static final long OUTPUT_DELAY = 50; // ms output waits to be sent with more
@@ -107,22 +115,29 @@ public final class Repl {
 
     /**
      * Sets a variable of the sandbox's environment for the code that runs here: as a system
-     * property (as E2B's java contexts have them) and in {@link System#getenv()}, which a
-     * ProcessBuilder's environment() starts from. (A JVM cannot change its own process's
-     * environment, which is what a child gets if environment() was never asked for.)
+     * property (as E2B's java contexts have them), in {@link System#getenv()} (which a
+     * ProcessBuilder's environment() starts from) and in this process's own environment, which
+     * a child gets when its environment was never asked for (Runtime.exec, a plain
+     * ProcessBuilder), as children of the other languages' kernels get it.
      */
     public static void setenv(String key, String value) {
         System.setProperty(key, value);
         try {
             environment().put(key, value);
         } catch (IllegalArgumentException e) {
-            // A name the environment cannot hold ('=' or NUL): a property only.
+            return; // a name or value the environment cannot hold ('=', NUL): a property only
         }
+        Native.setenv(key, value);
     }
 
     public static void unsetenv(String key) {
         System.clearProperty(key);
-        environment().remove(key);
+        try {
+            environment().remove(key);
+        } catch (IllegalArgumentException e) {
+            return;
+        }
+        Native.unsetenv(key);
     }
 
     /** The modifiable map behind {@code System.getenv()} (needs java.util opened). */
@@ -135,6 +150,45 @@ public final class Repl {
             return (Map<String, String>) inner.get(view);
         } catch (ReflectiveOperationException | RuntimeException e) {
             return new HashMap<>(); // properties still carry the value
+        }
+    }
+
+    /**
+     * libc's setenv and unsetenv, through JDK 17's foreign linker (the kernel starts the JVM
+     * with jdk.incubator.foreign and native access): the JDK itself never changes its process's
+     * environment. Names reach here only once the JDK's map took them, so they hold no '=' and
+     * no NUL. They run in the interpreter's snippets between the user's cells; a thread of the
+     * user's that reads the environment meanwhile runs the risk libc's setenv has in any program.
+     */
+    private static final class Native {
+        private static final MethodHandle SETENV = function("setenv",
+                MethodType.methodType(int.class, MemoryAddress.class, MemoryAddress.class, int.class),
+                FunctionDescriptor.of(CLinker.C_INT, CLinker.C_POINTER, CLinker.C_POINTER, CLinker.C_INT));
+        private static final MethodHandle UNSETENV = function("unsetenv",
+                MethodType.methodType(int.class, MemoryAddress.class),
+                FunctionDescriptor.of(CLinker.C_INT, CLinker.C_POINTER));
+
+        private static MethodHandle function(String name, MethodType type, FunctionDescriptor descriptor) {
+            MemoryAddress symbol = CLinker.systemLookup().lookup(name).orElseThrow();
+            return CLinker.getInstance().downcallHandle(symbol, type, descriptor);
+        }
+
+        /** libc's status: -1 only when out of memory (ENOMEM), the name being valid. */
+        static int setenv(String key, String value) {
+            try (ResourceScope scope = ResourceScope.newConfinedScope()) {
+                return (int) SETENV.invokeExact(CLinker.toCString(key, scope).address(),
+                        CLinker.toCString(value, scope).address(), 1);
+            } catch (Throwable e) {
+                throw new IllegalStateException("setenv " + key, e);
+            }
+        }
+
+        static int unsetenv(String key) {
+            try (ResourceScope scope = ResourceScope.newConfinedScope()) {
+                return (int) UNSETENV.invokeExact(CLinker.toCString(key, scope).address());
+            } catch (Throwable e) {
+                throw new IllegalStateException("unsetenv " + key, e);
+            }
         }
     }
 

@@ -32,6 +32,7 @@ from typing import Any
 RUNNER_DIR = "/opt/hearth/java"
 RUNNER_CLASS = "hearth.Repl"
 JAR = "repl.jar"
+FOREIGN = "jdk.incubator.foreign"
 ARCHIVE = "repl.jsa"  # AppCDS: JShell's and javac's classes, mapped instead of loaded (~0.3 s)
 JVM_OPTIONS = (
     # C1 only and the serial collector: javac warms up in half the time and the idle
@@ -41,8 +42,11 @@ JVM_OPTIONS = (
     # A heap that starts small and grows as the code needs: sized from the host's memory
     # (a container sandbox sees all of it), the idle JVM held twice as much.
     "-Xms16m",
-    # Repl.setenv reaches the map behind System.getenv().
+    # Repl.setenv reaches the map behind System.getenv(), and libc's setenv through the
+    # foreign linker (incubating in JDK 17: the JVM prints a warning on its stderr, the log).
     "--add-opens=java.base/java.util=ALL-UNNAMED",
+    f"--add-modules={FOREIGN}",
+    "--enable-native-access=ALL-UNNAMED",
     "-Dfile.encoding=UTF-8",  # what JDK 18 made the default, whatever the locale
 )
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Repl.java")
@@ -65,7 +69,8 @@ def build_command(source: str, directory: str = RUNNER_DIR) -> str:
         + ("-cp", jar, RUNNER_CLASS, "3")
     )
     return (
-        f"mkdir -p {classes} && javac -encoding UTF-8 -d {classes} {shlex.quote(source)}"
+        f"mkdir -p {classes} && javac -encoding UTF-8 --add-modules {FOREIGN}"
+        f" -d {classes} {shlex.quote(source)}"
         f" && jar cf {jar} -C {classes} . && rm -rf {classes}"
         f" && {dump} </dev/null 3>/dev/null"
     )

@@ -16,9 +16,12 @@ adding or removing set elements, one atomic transaction each:
   only, whose connections to ports 80 and 443 go there.
 - `blocked` (address ranges): destinations no slot may reach whatever its policy says:
   private, loopback and link-local ranges (the cloud metadata address among them).
-- `resolvers` (addresses): the DNS servers slots are given; port 53 there is open to
-  every slot, before `blocked` and the policy (a name rule is useless without DNS, and
+- `resolvers` (interface . address): the DNS servers a slot is given; port 53 there is
+  open to it before `blocked` and the policy (a name rule is useless without DNS, and
   DNS answers alone never open anything: the proxy resolves names itself).
+- `public_in`, `egress_in` (interface . port), `egress_to` (interface : port): the
+  ports of the slot's node, its server's and its egress proxy's. Nodes that share the
+  table (two servers on one host) differ only in these elements, never in the chains.
 
 What the table enforces for traffic from a slot interface:
 - to the host itself (any of its addresses): replies to connections the host opened
@@ -57,7 +60,18 @@ DEFAULT_BLOCKED = (
     "192.168.0.0/16",
 )
 # The per-slot sets, and what `elements()` reports.
-SLOT_SETS = ("sources", "allow_out", "deny_out", "proxied", "web_proxied")
+SLOT_SETS = (
+    "sources",
+    "allow_out",
+    "deny_out",
+    "proxied",
+    "web_proxied",
+    "resolvers",
+    "public_in",
+    "egress_in",
+    "egress_to",
+)
+_REDIRECT = "redirect to : iifname map @egress_to"
 
 
 class RulesError(RuntimeError):
@@ -97,11 +111,14 @@ class SlotRules:
 
         Chains are flushed and refilled in the same transaction, so there is no moment
         without the rules; sets are declared (a no-op if they exist) and never flushed,
-        except `blocked` and `resolvers`, which are configuration.
+        except `blocked`, which is configuration. Everything that differs between nodes
+        sharing the table (their ports, their resolvers) is per-slot elements, so one
+        node's start never changes another's slots.
         """
         t = f"{FAMILY} {self._table}"
         slots = f'"{self._prefix}*"'
         dest = "iifname . ip daddr"
+        port = "iifname . tcp dport"
         script = [
             f"add table {t}",
             f"add set {t} sources {{ type ifname . ipv4_addr; }}",
@@ -109,12 +126,13 @@ class SlotRules:
             f"add set {t} deny_out {{ type ifname . ipv4_addr; flags interval; }}",
             f"add set {t} proxied {{ type ifname; }}",
             f"add set {t} web_proxied {{ type ifname; }}",
+            f"add set {t} resolvers {{ type ifname . ipv4_addr; }}",
+            f"add set {t} public_in {{ type ifname . inet_service; }}",
+            f"add set {t} egress_in {{ type ifname . inet_service; }}",
+            f"add map {t} egress_to {{ type ifname : inet_service; }}",
             f"add set {t} blocked {{ type ipv4_addr; flags interval; }}",
-            f"add set {t} resolvers {{ type ipv4_addr; }}",
             f"flush set {t} blocked",
-            f"flush set {t} resolvers",
             *_elements(t, "blocked", self._blocked),
-            *_elements(t, "resolvers", self._resolvers),
             f"add chain {t} input {{ {_base('filter', 'input', -10)} }}",
             f"add chain {t} forward {{ {_base('filter', 'forward', -10)} }}",
             f"add chain {t} prerouting {{ {_base('nat', 'prerouting', -100)} }}",
@@ -123,18 +141,25 @@ class SlotRules:
             f"flush chain {t} forward",
             f"flush chain {t} prerouting",
             f"flush chain {t} postrouting",
-            # The host answers a slot on connections it opened itself, ...
+            # The host answers a slot on connections it opened itself, on connections the
+            # kernel redirected to its node's egress proxy, and on its node's public
+            # ports (another sandbox's ports through the proxy) as the slot's policy
+            # allows; nothing else.
             f"add rule {t} input iifname {slots} ct state established,related accept",
-            *self._input_rules(t, slots, dest),
+            f"add rule {t} input iifname {slots} ct status dnat {port} @egress_in accept",
+            f"add rule {t} input iifname {slots} {port} @public_in {dest} @allow_out accept",
+            f"add rule {t} input iifname {slots} {port} @public_in {dest} @deny_out"
+            " reject with tcp reset",
+            f"add rule {t} input iifname {slots} {port} @public_in accept",
             f"add rule {t} input iifname {slots} counter drop",
             # Into a slot: replies only. This also keeps slots from one another.
             f"add rule {t} forward oifname {slots} ct state established,related accept",
             f"add rule {t} forward oifname {slots} counter drop",
             # Out of a slot: IPv4 from its own address only, never to blocked ranges
-            # (but DNS to the resolvers), then the slot's own policy.
+            # (but DNS to its resolvers), then the slot's own policy.
             f"add rule {t} forward iifname {slots} meta nfproto != ipv4 counter drop",
             f"add rule {t} forward iifname {slots} iifname . ip saddr != @sources counter drop",
-            f"add rule {t} forward iifname {slots} ip daddr @resolvers"
+            f"add rule {t} forward iifname {slots} {dest} @resolvers"
             " meta l4proto { tcp, udp } th dport 53 accept",
             f"add rule {t} forward iifname {slots} ip daddr @blocked counter drop",
             f"add rule {t} forward iifname {slots} {dest} @allow_out accept",
@@ -143,7 +168,15 @@ class SlotRules:
             f"add rule {t} forward iifname {slots} {dest} @deny_out meta l4proto tcp"
             " counter reject with tcp reset",
             f"add rule {t} forward iifname {slots} {dest} @deny_out counter reject",
-            *self._redirect_rules(t, dest),
+            # To the egress proxy: TCP of slots with domain rules (transforms only: HTTP
+            # and HTTPS), not to the host itself, not DNS to the resolvers, not to what
+            # the policy allows by address (the kernel passes those itself). A slot with
+            # no proxy port is not redirected and meets its deny of all above.
+            f"add rule {t} prerouting {dest} @resolvers tcp dport 53 return",
+            f"add rule {t} prerouting iifname @proxied meta l4proto tcp"
+            f" fib daddr type != local {dest} != @allow_out {_REDIRECT}",
+            f"add rule {t} prerouting iifname @web_proxied tcp dport {{ 80, 443 }}"
+            f" fib daddr type != local {dest} != @allow_out {_REDIRECT}",
             f"add rule {t} postrouting ip saddr {self._pool} oifname != {slots} masquerade",
         ]
         try:
@@ -153,46 +186,30 @@ class SlotRules:
             # replace it whole. Adopted slots put their elements back afterwards.
             self._run([f"add table {t}", f"delete table {t}", *script])
 
-    def _input_rules(self, t: str, slots: str, dest: str) -> list[str]:
-        rules = []
-        if self._egress_port:
-            port = self._egress_port
-            rules += [
-                # ... on connections the kernel redirected to the egress proxy, ...
-                f"add rule {t} input iifname {slots} ct status dnat tcp dport {port} accept",
-                # (which nothing else may reach: it serves sandboxes only)
-                f"add rule {t} input iifname != {slots} tcp dport {port} counter drop",
-            ]
-        if self._public_ports:
-            ports = "{ " + ", ".join(map(str, self._public_ports)) + " }"
-            rules += [
-                # ... and on the server's public ports, as the slot's policy allows.
-                f"add rule {t} input iifname {slots} tcp dport {ports} {dest} @allow_out accept",
-                f"add rule {t} input iifname {slots} tcp dport {ports} {dest} @deny_out"
-                " reject with tcp reset",
-                f"add rule {t} input iifname {slots} tcp dport {ports} accept",
-            ]
-        return rules
-
-    def _redirect_rules(self, t: str, dest: str) -> list[str]:
-        if not self._egress_port:
-            return []
-        redirect = f"redirect to :{self._egress_port}"
-        # Not to the host itself (its own rules above), not DNS to the resolvers, not to
-        # a destination the policy allows by address (the kernel passes those itself).
-        unchecked = f"fib daddr type != local {dest} != @allow_out"
-        return [
-            f"add rule {t} prerouting ip daddr @resolvers tcp dport 53 return",
-            f"add rule {t} prerouting iifname @proxied meta l4proto tcp {unchecked} {redirect}",
-            f"add rule {t} prerouting iifname @web_proxied tcp dport {{ 80, 443 }} {unchecked}"
-            f" {redirect}",
-        ]
-
     def add_slot(self, interface: str, address: str, egress: Egress) -> None:
         t = f"{FAMILY} {self._table}"
         script = [f'add element {t} sources {{ "{interface}" . {address} }}']
+        script += self._node_elements("add", t, interface)
         script += _policy_elements("add", t, interface, egress)
         self._run(script)
+
+    def _node_elements(self, verb: str, t: str, interface: str) -> list[str]:
+        """The elements that tie a slot to its node: its resolvers, its public ports, its
+        egress proxy."""
+        name = f'"{interface}"'
+        script = []
+        for set_name, items in (
+            ("resolvers", self._resolvers),
+            ("public_in", self._public_ports),
+            ("egress_in", [self._egress_port] if self._egress_port else []),
+        ):
+            if items:
+                joined = ", ".join(f"{name} . {item}" for item in items)
+                script.append(f"{verb} element {t} {set_name} {{ {joined} }}")
+        if self._egress_port:
+            value = f" : {self._egress_port}" if verb == "add" else ""
+            script.append(f"{verb} element {t} egress_to {{ {name}{value} }}")
+        return script
 
     def set_egress(self, interface: str, old: Egress, new: Egress) -> None:
         """Replace a slot's policy in one transaction (no moment with neither)."""
@@ -214,6 +231,7 @@ class SlotRules:
         t = f"{FAMILY} {self._table}"
         if address is not None and egress is not None:
             script = [f'delete element {t} sources {{ "{interface}" . {address} }}']
+            script += self._node_elements("delete", t, interface)
             script += _policy_elements("delete", t, interface, egress)
             try:
                 self._run(script)
@@ -236,7 +254,7 @@ class SlotRules:
         found: dict[str, list] = {name: [] for name in SLOT_SETS}
         for name in found:
             done = subprocess.run(
-                [self._nft, "-j", "list", "set", FAMILY, self._table, name],
+                [self._nft, "-j", "list", _kind(name), FAMILY, self._table, name],
                 capture_output=True,
                 text=True,
             )
@@ -279,9 +297,16 @@ def _base(kind: str, hook: str, priority: int) -> str:
     return f"type {kind} hook {hook} priority {priority}; policy accept;"
 
 
+def _kind(name: str) -> str:
+    return "map" if name == "egress_to" else "set"
+
+
 def _set_elements(listing: str) -> Iterable:
     for item in json.loads(listing).get("nftables", []):
-        for element in item.get("set", {}).get("elem", []):
+        found = item.get("set") or item.get("map") or {}
+        for element in found.get("elem", []):
+            if isinstance(element, list):  # a map's [key, value]: the key names it
+                element = element[0]
             if isinstance(element, dict) and "elem" in element:  # with flags or counters
                 element = element["elem"]["val"]
             if isinstance(element, dict) and "concat" in element:
