@@ -243,7 +243,8 @@ def test_an_update_cuts_open_connections_it_forbids(make, internet: Internet) ->
         "  time.sleep(0.1)\n"
     )
     sbx.files.write("/tmp/loop.py", loop)
-    sbx.commands.run("python3 /tmp/loop.py > /tmp/loop.log 2>&1", background=True)
+    sbx.files.write("/tmp/loop.log", "")
+    sbx.commands.run("python3 /tmp/loop.py >> /tmp/loop.log 2>&1", background=True)
     _wait_for(lambda: "ok" in sbx.files.read("/tmp/loop.log"))
     sbx.update_network({"deny_out": [a.address]})
     _wait_for(lambda: "cut" in sbx.files.read("/tmp/loop.log"))
@@ -336,8 +337,9 @@ def _host_service() -> Iterator[int]:
 
 def _wait_for(condition, *, attempts: int = 300) -> None:
     for _ in range(attempts):
-        if condition():
-            return
+        with contextlib.suppress(Exception):  # e.g. a file not written yet
+            if condition():
+                return
         time.sleep(0.1)
     raise AssertionError("the condition never held")
 

@@ -111,6 +111,20 @@ def _processes(data_dir: Path) -> list[str]:
     return found
 
 
+def _loop_devices(data_dir: Path) -> list[str]:
+    """Loop devices whose backing file is under `data_dir` (sandboxes' disks), deleted
+    files included (the kernel appends " (deleted)")."""
+    found = []
+    for backing in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
+        try:
+            path = Path(backing).read_text().strip()
+        except OSError:
+            continue  # detached meanwhile
+        if path.startswith(f"{data_dir}/"):
+            found.append(f"{backing.split('/')[3]} {path}")
+    return found
+
+
 def _ls(path: Path) -> list[str]:
     return sorted(os.listdir(path)) if path.is_dir() else []
 
@@ -127,6 +141,7 @@ def leaks(data_dir: Path) -> dict[str, list]:
         "mounts (any namespace)": [
             line for line in _all_mount_tables().splitlines() if str(data_dir) in line
         ],
+        "loop devices": _loop_devices(data_dir),
         "cgroups": sorted(
             p for p in glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}/*") if os.path.isdir(p)
         ),
@@ -135,6 +150,33 @@ def leaks(data_dir: Path) -> dict[str, list]:
         "runtime state": _ls(data_dir / "oci"),
     }
     return {k: v for k, v in found.items() if v}
+
+
+def reap(pids: list[int]) -> None:
+    """Reap runtime monitors a node of this process started and left (they are this
+    process's children once that node is gone)."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def upper_layer(data_dir: Path, sandbox_id: str) -> Path:
+    """A container sandbox's writable layer, as the host sees it (on its disk)."""
+    return data_dir / "sandboxes" / sandbox_id / "disk" / "upper"
+
+
+def only_files_left(found: dict[str, list], *sandbox_ids: str) -> bool:
+    """Whether `found` (from `leaks()`) is nothing but these sandboxes' directories and
+    their disks (a mount of each, its loop device): what a filesystem-only pause keeps."""
+    disks = [f"/sandboxes/{i}/disk " for i in sandbox_ids]
+    images = sorted(f"/sandboxes/{i}/disk.img" for i in sandbox_ids)
+    loops = sorted(line[line.index("/sandboxes/") :] for line in found.get("loop devices", []))
+    return (
+        set(found) == {"sandbox dirs", "mounts (any namespace)", "loop devices"}
+        and sorted(found["sandbox dirs"]) == sorted(sandbox_ids)
+        and all(any(d in line for d in disks) for line in found["mounts (any namespace)"])
+        and loops == images
+    )
 
 
 def wait_no_leaks(data_dir: Path, timeout: float = 10.0) -> dict[str, list]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import pytest
 
 from hearth.node.network.policy import OFFLINE
 
-from .conftest import ROOT_ONLY, HostServer, leaks, spec, wait_no_leaks
+from .conftest import ROOT_ONLY, HostServer, leaks, reap, spec, upper_layer, wait_no_leaks
 
 pytestmark = ROOT_ONLY
 
@@ -108,7 +107,7 @@ async def test_create_runs_envd_and_the_sdk_runs_commands_as_user(
             (node.data_dir / "sandboxes" / s.sandbox_id / "record.json").read_text()
         )
         base = 2**30 + record["id_block"] * 65536
-        upper = node.data_dir / "sandboxes" / s.sandbox_id / "upper"
+        upper = upper_layer(node.data_dir, s.sandbox_id)
         assert (upper / "home/user/note.txt").stat().st_uid == base + 1000
         assert (upper / "root/mine").stat().st_uid == base
     finally:
@@ -289,9 +288,7 @@ async def test_a_restarted_node_adopts_running_sandboxes_and_removes_dead_ones(
     finally:
         await second.close()
     # The first node's runtime processes were this process's children: reap them.
-    for pid in monitors:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    reap(monitors)
     assert wait_no_leaks(data_dir) == {}
     assert leaks(data_dir) == {}
     shutil.rmtree(data_dir)

@@ -4,9 +4,7 @@ across a restart of the node, and killed while paused with nothing left behind."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import secrets
 import shutil
 import tempfile
@@ -17,7 +15,7 @@ import pytest
 
 from hearth.node.interface import PauseNotSupported, SandboxNotFound
 
-from .conftest import ROOT_ONLY, spec, wait_no_leaks
+from .conftest import ROOT_ONLY, only_files_left, reap, spec, upper_layer, wait_no_leaks
 
 pytestmark = ROOT_ONLY
 
@@ -93,9 +91,7 @@ async def test_memory_pause_freezes_and_resume_continues(node) -> None:
         assert _record(node.data_dir, s.sandbox_id)["paused"] == "memory"
         with pytest.raises(SandboxNotFound):
             await node.pause(s.sandbox_id)
-        frozen_at = int(
-            (node.data_dir / "sandboxes" / s.sandbox_id / "upper/tmp/count").read_text() or 0
-        )
+        frozen_at = int((upper_layer(node.data_dir, s.sandbox_id) / "tmp/count").read_text() or 0)
 
         again = await node.resume(s)
         assert again == address
@@ -120,9 +116,10 @@ async def test_filesystem_pause_boots_again_over_the_same_files(node) -> None:
         await _run(address, token, "echo kept > /home/user/file; cat /proc/1/stat > /tmp/boot")
         assert await node.pause(s.sandbox_id, memory=False) is False
         assert await node.paused() == {s.sandbox_id: False}
-        # Nothing runs and no slot is held: only the files (and its id range) remain.
+        # Nothing runs and no slot is held: only the files, on its disk (and its id
+        # range), remain.
         found = wait_no_leaks(node.data_dir)
-        assert set(found) == {"sandbox dirs"}, found
+        assert only_files_left(found, s.sandbox_id), found
 
         address = await node.resume(s)
         assert (await _run(address, token, "cat /home/user/file")).strip() == "kept"
@@ -158,7 +155,8 @@ async def test_memory_pressure_turns_a_memory_pause_into_a_filesystem_one(node) 
         # Short of memory (as told): the frozen container is let go, its files kept.
         assert await node.relieve_memory(available_mb=0) == [s.sandbox_id]
         assert await node.paused() == {s.sandbox_id: False}
-        assert set(wait_no_leaks(node.data_dir)) == {"sandbox dirs"}
+        found = wait_no_leaks(node.data_dir)
+        assert only_files_left(found, s.sandbox_id), found
         address = await node.resume(s)
         assert (await _run(address, token, "cat /home/user/file")).strip() == "kept"
     finally:
@@ -198,9 +196,7 @@ async def test_a_restarted_node_adopts_paused_sandboxes() -> None:
                 lost.sandbox_id: False,
             }
             assert await second.running() == []
-            frozen_at = int(
-                (data_dir / "sandboxes" / frozen.sandbox_id / "upper/tmp/count").read_text()
-            )
+            frozen_at = int((upper_layer(data_dir, frozen.sandbox_id) / "tmp/count").read_text())
             address = await second.resume(frozen)
             assert await _moves_on(address, token, frozen_at)
             for s in (stopped, lost):
@@ -210,9 +206,7 @@ async def test_a_restarted_node_adopts_paused_sandboxes() -> None:
         finally:
             await second.close()
     finally:
-        for pid in monitors:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        reap(monitors)
     assert wait_no_leaks(data_dir) == {}
     shutil.rmtree(data_dir)
 

@@ -23,7 +23,7 @@ import pytest
 
 from hearth.node.network.policy import OFFLINE
 
-from .conftest import ROOT_ONLY, leaks, spec
+from .conftest import ROOT_ONLY, leaks, reap, spec
 from .test_pause import _envd, _run
 
 pytestmark = ROOT_ONLY
@@ -285,9 +285,7 @@ async def test_a_restarted_node_adopts_claimed_sandboxes_and_removes_waiting_one
             await third.close()
     finally:
         await second.close()
-        for pid in monitors:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        reap(monitors)
     assert _no_leaks(data_dir, started) == {}
     shutil.rmtree(data_dir)
 

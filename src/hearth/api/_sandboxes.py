@@ -191,6 +191,7 @@ class Sandboxes:
                 egress=request.egress,
                 metadata=dict(request.metadata),
                 artifact=origin.artifact,
+                disk_mb=origin.disk_size_mb or None,
             )
             try:
                 await self._node.create(spec)

@@ -29,6 +29,9 @@ class SandboxSpec:
     # What the sandbox starts from (the api resolves the template's ready build). None:
     # the built-in template named by `template_id` (busybox, debian, base, ...).
     artifact: Artifact | None = None
+    # Its disk, in MiB: what its files may grow by over its template's (E2B's
+    # diskSizeMB; a create's, from the template's build). None: the node's default.
+    disk_mb: int | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal, Protocol, Self
 
 from hearth.config import settings
+from hearth.node.disk.overlay_disk import DEFAULT_SIZE_MB
 from hearth.node.guest import envd_client
 from hearth.node.guest.envd_bundle import ensure_bundle
 from hearth.node.interface import (
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 RuntimeKind = Literal["container", "isolated", "microvm"]
 ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
+# The disk of a build step's sandbox (MiB; sparse: only what the step writes is used).
+# A step's layer is one RUN's changes, e.g. a pip install of a whole ML stack.
+BUILD_DISK_MB = 20480
 ISOLATED_EGRESS = (
     "Network rules need the container or microvm runtime: isolated sandboxes share the "
     "host's network (start hearth serve with --runtime container)."
@@ -313,7 +317,9 @@ class LocalNode:
         try:
             spec = replace(spec, artifact=await self._artifact(spec))
             assert spec.artifact is not None
-            sandbox = await self._pool.take(spec.artifact.key, spec) if self._pool else None
+            # The pool's members have the default disk (their shape names none).
+            pooled = self._pool is not None and (spec.disk_mb or DEFAULT_SIZE_MB) == DEFAULT_SIZE_MB
+            sandbox = await self._pool.take(spec.artifact.key, spec) if pooled else None
             if sandbox is None:
                 # A saved state holds its disk: the layers only say what it was made of.
                 layers = [] if spec.artifact.saved else self._layer_paths(spec.artifact)
@@ -490,6 +496,7 @@ class LocalNode:
             template_id="build",
             cpu_count=cpu_count,
             memory_mb=memory_mb,
+            disk_mb=BUILD_DISK_MB,
         )
         return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 

@@ -5,16 +5,20 @@ sandbox's one `AsyncExitStack` the moment it is acquired:
 
 1. a block of 65536 host ids (its user namespace's map),
 2. a network slot (namespace, veth pair, address, rules),
-3. its directory `data_dir/sandboxes/ID` (overlay upper and work layers, the mount
-   points, config.json, envd's log, the record a restarted node adopts it from),
-4. its cgroups (created by the OCI runtime; removed here should the runtime not),
-5. the container (the runtime's foreground process, envd and everything under it).
+3. its directory `data_dir/sandboxes/ID` (the mount points, config.json, envd's log,
+   the record a restarted node adopts it from),
+4. its disk: an ext4 image in that directory, on a loop device, mounted there, which
+   holds the overlay's upper and work layers and bounds them by the template's disk
+   size (`node/disk/overlay_disk.py`; the image and its mount are two releases),
+5. its cgroups (created by the OCI runtime; removed here should the runtime not),
+6. the container (the runtime's foreground process, envd and everything under it).
 
 Kill, a failed create and shutdown all unwind that stack, in reverse, once; a release
-that fails is logged and the rest still run. What only a running sandbox holds (2., 4.
-and 5.) sits on a second stack inside the first, so that a filesystem-only pause can
-release it alone and keep the id block and the directory (its upper layer is the
-sandbox's disk); a resume acquires it again.
+that fails is logged and the rest still run. What only a running sandbox holds (2., 5.
+and 6.) sits on a second stack inside the first, so that a filesystem-only pause can
+release it alone and keep the id block, the directory and the disk; a resume acquires
+it again. A host without loop devices gives sandboxes a plain upper directory instead,
+unbounded (the node says so at start).
 
 Pause: with memory, the OCI runtime's `pause` freezes the container's cgroup and
 `resume` thaws it (then envd's /init sets the clock). The frozen container outlives a
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import json
 import logging
@@ -52,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from hearth.node.disk import overlay_disk
 from hearth.node.guest import envd_client
 from hearth.node.guest.envd_bundle import envd_command, envd_environment
 from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
@@ -115,11 +121,21 @@ class SandboxRecord:
     egress: dict | None = None  # its `Egress`, as JSON
     allow_internet: bool = True  # records of earlier versions; now in `egress`
     artifact: dict | None = None  # its template's (a cold resume starts it again)
+    # The size of its disk (`overlay_disk`), which holds its upper and work layers.
+    # None: they are plain directories beside the record (records of earlier versions,
+    # hosts without loop devices).
+    disk_mb: int | None = None
 
 
 def lower_layers(record: SandboxRecord) -> list[Path]:
     """The read-only layers under a sandbox's own, bottom first."""
     return [Path(p) for p in (record.layers or ([record.root] if record.root else []))]
+
+
+def own_layer(directory: Path, record: SandboxRecord, name: str = overlay_disk.UPPER) -> Path:
+    """The sandbox's writable layer (`upper`) or the overlay's work directory (`work`):
+    on its disk, or beside its record where it has none."""
+    return (directory / overlay_disk.MOUNTPOINT if record.disk_mb else directory) / name
 
 
 class ContainerSandbox:
@@ -197,9 +213,14 @@ class ContainerSandbox:
         try:
             await self._release_running()  # the container; its mounts go with it
             base = ID_BASE + self.record.id_block * ID_COUNT
-            upper = self.directory / "upper"
-            await to_thread_to_the_end(shift_ids, upper, base, ID_COUNT)
-            await to_thread_to_the_end(move_tree, upper, dest)
+            upper = own_layer(self.directory, self.record)
+            if self.record.disk_mb:
+                # Its disk goes with the sandbox: the layer is copied off it, not moved.
+                await to_thread_to_the_end(_copy_layer, upper, dest)
+                await to_thread_to_the_end(shift_ids, dest, base, ID_COUNT)
+            else:
+                await to_thread_to_the_end(shift_ids, upper, base, ID_COUNT)
+                await to_thread_to_the_end(move_tree, upper, dest)
         finally:
             await self.stop()
 
@@ -241,6 +262,8 @@ class ContainerRuntime:
         """`extra_ca`: a CA certificate (PEM) every sandbox trusts besides its
         template's: the local CA, whose certificates the egress proxy presents where it
         applies header transforms over TLS, and the server's sandbox URLs."""
+        # Why sandboxes get no disks of their own here (set by `setup()`), or None.
+        self.no_disks: str | None = None
         self.data_dir = Path(data_dir)
         self.sandboxes_dir = self.data_dir / "sandboxes"
         self.oci = oci
@@ -271,6 +294,14 @@ class ContainerRuntime:
         for d in (self.data_dir, self.sandboxes_dir):
             d.chmod(0o711)
         self.oci.state_root.chmod(0o700)
+        self.no_disks = overlay_disk.unavailable()
+        if self.no_disks:
+            log.warning(
+                "sandboxes' disks are not bounded on this host (%s): each writes into %s"
+                " until the host's disk is full",
+                self.no_disks,
+                self.sandboxes_dir,
+            )
 
     # --- create ----------------------------------------------------------------------
 
@@ -298,6 +329,7 @@ class ContainerRuntime:
             pooled=pooled,
             build=build,
             artifact=spec.artifact.to_json() if spec.artifact else None,
+            disk_mb=None if self.no_disks else spec.disk_mb or overlay_disk.DEFAULT_SIZE_MB,
         )
         directory = self.sandboxes_dir / spec.sandbox_id
         sandbox = ContainerSandbox(record, directory, stack, self)
@@ -319,6 +351,13 @@ class ContainerRuntime:
             # is another sandbox's, never to be removed by this one's unwinding.
             directory.mkdir(mode=0o711)
             release.push("its directory", shutil.rmtree, directory)
+            if record.disk_mb:
+                await release.take(
+                    "its disk image",
+                    functools.partial(overlay_disk.make_image, _image(directory), record.disk_mb),
+                    lambda _: _image(directory).unlink,
+                )
+                await self._mount_disk(sandbox, release)
             await to_thread_to_the_end(self._fill_directory, directory, spec, record, slot, layers)
             await self._boot(sandbox, spec, running)
             log.info(
@@ -331,6 +370,16 @@ class ContainerRuntime:
         except BaseException:
             await sandbox.stop()
             raise
+
+    async def _mount_disk(self, sandbox: ContainerSandbox, release: _Releaser) -> None:
+        """Mount the sandbox's disk (as it is if it is mounted: a restarted node's) and
+        push its release: unmounted, its loop device gone."""
+        image, mountpoint = _image(sandbox.directory), sandbox.directory / overlay_disk.MOUNTPOINT
+        await release.take(
+            "its disk",
+            functools.partial(overlay_disk.mount, image, mountpoint),
+            lambda _: functools.partial(overlay_disk.release, image, mountpoint),
+        )
 
     async def _boot(self, sandbox: ContainerSandbox, spec: SandboxSpec, running: _Releaser) -> None:
         """Launch the container of a sandbox whose directory and slot are ready; returns
@@ -447,11 +496,7 @@ class ContainerRuntime:
         if freeze:
             self.oci.pause(record.sandbox_id)
         try:
-            subprocess.run(
-                ["cp", "-a", "--reflink=auto", f"{sandbox.directory / 'upper'}/.", str(dest)],
-                check=True,
-                capture_output=True,
-            )
+            _copy_layer(own_layer(sandbox.directory, record), dest)
         finally:
             if freeze:
                 self.oci.resume(record.sandbox_id)
@@ -466,7 +511,7 @@ class ContainerRuntime:
             if namespace["type"] == "network":
                 namespace["path"] = str(slot.netns_path)
         path.write_text(json.dumps(config, indent=1))
-        hosts = directory / "upper" / "etc" / "hosts"
+        hosts = own_layer(directory, record) / "etc" / "hosts"
         hostname = _template_hostname(lower_layers(record))
         with contextlib.suppress(OSError):
             lines = hosts.read_text().splitlines()
@@ -484,9 +529,10 @@ class ContainerRuntime:
         layers: list[Path],
     ) -> None:
         base = ID_BASE + record.id_block * ID_COUNT
-        for name in ("lower", "rootfs", "work"):
+        for name in ("lower", "rootfs"):
             (directory / name).mkdir(mode=0o700)
-        upper = directory / "upper"
+        own_layer(directory, record, overlay_disk.WORK).mkdir(mode=0o700)
+        upper = own_layer(directory, record)
         upper.mkdir(mode=0o755)
         # The root of the overlay takes the upper layer's owner: the sandbox's root.
         os.chown(upper, base, base)
@@ -545,8 +591,8 @@ class ContainerRuntime:
             "envd_bundle": str(self.envd_bundle),
             "envd_target": ENVD_TARGET,
             "lower": str(directory / "lower"),
-            "upper": str(directory / "upper"),
-            "work": str(directory / "work"),
+            "upper": str(own_layer(directory, record)),
+            "work": str(own_layer(directory, record, overlay_disk.WORK)),
             "rootfs": str(directory / "rootfs"),
             "id_base": ID_BASE + record.id_block * ID_COUNT,
             "id_count": ID_COUNT,
@@ -646,6 +692,7 @@ class ContainerRuntime:
             self._blocks.claim(record.sandbox_id, record.id_block)
             release.push("its id block", self._blocks.free, record.id_block)
             release.push("its directory", shutil.rmtree, directory)
+            await self._adopt_disk(sandbox, release)
             slot = await running.take(
                 "its network slot",
                 lambda: self.pool.adopt(record.slot_index, _recorded_egress(record)),
@@ -699,6 +746,12 @@ class ContainerRuntime:
             return None
         release.push("its id block", self._blocks.free, record.id_block)
         release.push("its directory", shutil.rmtree, directory)
+        try:
+            await self._adopt_disk(sandbox, release)  # after a reboot: attached again
+        except Exception as e:
+            log.warning("cannot adopt paused sandbox %s, removing it: %s", record.sandbox_id, e)
+            await sandbox.stop()
+            return None
         if record.paused != "filesystem":
             log.warning(
                 "sandbox %s: its frozen container is gone; it resumes from its files only",
@@ -708,6 +761,15 @@ class ContainerRuntime:
             await asyncio.to_thread(_write_record, directory, record)
         log.info("adopted sandbox %s, paused without memory", record.sandbox_id)
         return sandbox
+
+    async def _adopt_disk(self, sandbox: ContainerSandbox, release: _Releaser) -> None:
+        """Take over the disk of a sandbox a previous node process left, if it has one."""
+        if sandbox.record.disk_mb:
+            image = _image(sandbox.directory)
+            if not image.is_file():
+                raise ContainerError(f"its disk image {image} is gone")
+            release.push("its disk image", image.unlink)
+            await self._mount_disk(sandbox, release)
 
     def _discard(self, name: str, directory: Path | None) -> None:
         """Remove a sandbox that cannot be adopted: container, cgroups, directory. Its
@@ -719,6 +781,9 @@ class ContainerRuntime:
         ]
         if directory is not None:
             block = _recorded_block(directory)
+            steps.append(
+                lambda: overlay_disk.release(_image(directory), directory / overlay_disk.MOUNTPOINT)
+            )
             steps.append(lambda: shutil.rmtree(directory))
             if block is not None:
                 steps.append(lambda: self._blocks.free(block))
@@ -958,6 +1023,20 @@ def _write_record(directory: Path, record: SandboxRecord) -> None:
     tmp = directory / f".{RECORD}.tmp"
     tmp.write_text(json.dumps(asdict(record)))
     tmp.rename(directory / RECORD)
+
+
+def _image(directory: Path) -> Path:
+    """The image file of the disk of the sandbox in `directory`."""
+    return directory / overlay_disk.IMAGE
+
+
+def _copy_layer(upper: Path, dest: Path) -> None:
+    """Copy a sandbox's writable layer, as it lies (owners, whiteouts, xattrs), to
+    `dest` (made if missing)."""
+    dest.mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(
+        ["cp", "-a", "--reflink=auto", f"{upper}/.", str(dest)], check=True, capture_output=True
+    )
 
 
 def _recorded_block(directory: Path) -> int | None:
