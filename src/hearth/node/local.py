@@ -192,7 +192,6 @@ class LocalNode:
         self._bundle_dir = bundle_dir
         self._blocked = blocked_networks if blocked_networks is not None else DEFAULT_BLOCKED
         self._resolvers = sandbox_resolvers(dns_servers)
-        self._public_ports = public_ports
         self._ca = ca
         self._egress = None  # the egress proxy, from start() on
         self._policies: dict[str, Egress] = {}  # slot address -> its policy, for the proxy
@@ -205,6 +204,9 @@ class LocalNode:
             "no_new_privileges": no_new_privileges,
             "dns_servers": self._resolvers,
         }
+        # What every slot of this node gets, started or not (a build through a node that
+        # was never started still resolves names).
+        self._options["slot_rules"] = {"resolvers": self._resolvers, "public_ports": public_ports}
         if ca is not None:
             self._options["extra_ca"] = ca.cert_pem
         self.runtime: _Runtime | None = None
@@ -231,7 +233,10 @@ class LocalNode:
             if self.runtime is not None:
                 return []
             if self.kind != "isolated":
-                self._options["slot_rules"] = await self._start_egress()
+                self._options["slot_rules"] = {
+                    **self._options["slot_rules"],
+                    **await self._start_egress(),
+                }
             if self.kind == "container":
                 runtime: _Runtime = _ContainerDriver(
                     self.data_dir, self._bundle_dir, **self._options
@@ -284,12 +289,7 @@ class LocalNode:
                 self._policies[address] = egress
             loop.call_soon_threadsafe(proxy.cut, address)
 
-        return {
-            "resolvers": self._resolvers,
-            "egress_port": port,
-            "public_ports": self._public_ports,
-            "on_egress": on_egress,
-        }
+        return {"egress_port": port, "on_egress": on_egress}
 
     async def reconcile(self) -> list[str]:
         """Adopt the sandboxes a previous node process left running and remove the
