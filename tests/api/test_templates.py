@@ -161,7 +161,7 @@ def test_upload_links_are_one_time(api: httpx.Client, hearth: Hearth) -> None:
     assert url.startswith(f"{hearth.api_url}/_hearth/uploads/")
     # The SDK uploads with a plain client: no API key.
     assert httpx.put(url, content=b"tar bytes").status_code == 200
-    _error(httpx.put(url, content=b"again"), 404)
+    assert "used already" in _error(httpx.put(url, content=b"again"), 410)
     _error(httpx.put(f"{hearth.api_url}/_hearth/uploads/made-up", content=b"x"), 404)
     assert api.get(f"/templates/{tid}/files/{files_hash}").json() == {"present": True}
     _error(api.get(f"/templates/{tid}/files/not.a.hash"), 400)

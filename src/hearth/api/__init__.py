@@ -1,6 +1,6 @@
 """api: E2B's REST control plane (sandboxes, templates) over the store and a node."""
 
-from hearth.api._app import create_app, live_sandboxes
+from hearth.api._app import create_app, live_sandboxes, openapi_description
 from hearth.api._builds import TemplateBuilds
 from hearth.api._settings import ENVD_VERSION, ApiSettings
 from hearth.api._templates import ensure_builtin, start_builtin
@@ -13,4 +13,5 @@ __all__ = [
     "ensure_builtin",
     "start_builtin",
     "live_sandboxes",
+    "openapi_description",
 ]

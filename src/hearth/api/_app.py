@@ -11,14 +11,16 @@ from urllib.parse import unquote
 
 from fastapi import FastAPI
 
-from hearth.api import _errors
+from hearth.api import _errors, _openapi
 from hearth.api._builds import TemplateBuilds
+from hearth.api._limits import BoundedRequests
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import ENCODED_SLASH
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
 from hearth.api._snapshots import Snapshots
 from hearth.api._templates import Templates
+from hearth.api._uploads import UPLOAD_PATH
 from hearth.api.routes import health, sandboxes, snapshots, templates
 from hearth.node.interface import Node
 from hearth.store import Store
@@ -61,7 +63,7 @@ def create_app(
                 await builds.close()
             await service.aclose()
 
-    app = FastAPI(title="Hearth", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = _routed(lifespan)
     app.state.store = store
     app.state.node = node
     app.state.settings = settings
@@ -69,10 +71,29 @@ def create_app(
     app.state.templates = Templates(store, node, settings, builds)
     app.state.snapshots = Snapshots(store, settings, service)
     app.state.live = live
+    app.add_middleware(BoundedRequests, streamed=UPLOAD_PATH)
+    app.add_middleware(_KeepEncodedSlashes)
+    return app
+
+
+def openapi_description() -> dict[str, Any]:
+    """The OpenAPI description `/openapi.json` serves, without a server to ask."""
+    return _routed(None).openapi()
+
+
+def _routed(lifespan: Any) -> FastAPI:
+    """The app's routes, error answers and description, before any state."""
+    app = FastAPI(
+        title="Hearth",
+        description="A self-hosted server of E2B's control-plane API.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     _errors.install(app)
     for module in (health, sandboxes, snapshots, templates):
         app.include_router(module.router)
-    app.add_middleware(_KeepEncodedSlashes)
+    _openapi.install(app)
     return app
 
 

@@ -8,13 +8,32 @@ can succeed: `false` on everything a retry would only repeat.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
+_SHOWN = 64  # characters of a client's text that an error message repeats
+_LISTED = 10  # and how many of the errors of one request
+
+
+class Error(BaseModel):
+    """E2B's error body (its OpenAPI `Error`): the status again, and what went wrong."""
+
+    code: int
+    message: str
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of the failures a route answers, each with E2B's body."""
+    return {s: {"model": Error, "description": HTTPStatus(s).phrase} for s in statuses}
 
 
 class ApiError(Exception):
@@ -31,11 +50,13 @@ def sandbox_not_found(sandbox_id: str) -> ApiError:
     return ApiError(404, f"Sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it")
 
 
-def error_response(status: int, message: str, *, retry: bool = False) -> JSONResponse:
+def error_response(
+    status: int, message: str, *, retry: bool = False, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"code": status, "message": message},
         status_code=status,
-        headers={"Should-Retry": "true" if retry else "false"},
+        headers={**(headers or {}), "Should-Retry": "true" if retry else "false"},
     )
 
 
@@ -51,7 +72,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's names the methods of the first route of the path; there may be more.
+        headers["Allow"] = ", ".join(sorted(_allowed(request)))
+    return error_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+def _allowed(request: Request) -> set[str]:
+    """The methods some route answers on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -67,10 +102,22 @@ def install(app: FastAPI) -> None:
 
 
 def _describe(exc: RequestValidationError) -> str:
-    """One line naming each offending field the way the client spelled it."""
+    """One line naming each offending field the way the client spelled it (the first
+    few of them)."""
+    errors = exc.errors()
     parts = []
-    for error in exc.errors():
-        location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
+    for error in errors[:_LISTED]:
+        location = ".".join(
+            shown(str(p)) for p in error.get("loc", ()) if p not in ("body", "query")
+        )
         message = error.get("msg", "invalid value")
         parts.append(f"{location}: {message}" if location else message)
+    if len(errors) > _LISTED:
+        parts.append(f"and {len(errors) - _LISTED} more")
     return "; ".join(parts) or "invalid request"
+
+
+def shown(text: str, limit: int = _SHOWN) -> str:
+    """`text` as an error message repeats what a client sent: its first `limit`
+    characters (a name or a key may be a megabyte long)."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-from hearth.api._errors import ApiError
+from hearth.api._errors import ApiError, shown
 from hearth.store import SandboxState
 
 STATES = {"running": SandboxState.RUNNING, "paused": SandboxState.PAUSED}
@@ -19,9 +19,12 @@ def decode_metadata(value: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for part in unquote_plus(value).split("&"):
         if part.count("=") != 1:
-            raise ApiError(400, f"invalid metadata filter {part!r}: expected key=value")
+            raise ApiError(400, f"invalid metadata filter {shown(part)!r}: expected key=value")
         key, _, val = part.partition("=")
         pairs[unquote_plus(key)] = unquote_plus(val)
+    if any("\x00" in text for pair in pairs.items() for text in pair):
+        # No metadata holds one (`_limits`), and PostgreSQL could not compare one.
+        raise ApiError(400, "invalid metadata filter: it must not contain NUL characters")
     return pairs
 
 

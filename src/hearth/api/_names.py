@@ -1,5 +1,9 @@
 """Template names as E2B spells them (spec §2.1): `alias`, `alias:tag`, `namespace/alias`
-and `namespace/alias:tag`, lower-cased; ids; and the checks infra makes of each part."""
+and `namespace/alias:tag`, lower-cased; ids; and the checks infra makes of each part.
+
+Infra bounds no part's length; Hearth takes Docker's bound on a tag, 128 characters, for
+each part, and at most MAX_TAGS tags in one request.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hearth.api._errors import ApiError
+from hearth.api._errors import ApiError, shown
 
 DEFAULT_TAG = "default"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 20
+MAX_PART_LENGTH = 128
+MAX_TAGS = 100
 _IDENTIFIER = re.compile(r"[a-z0-9_-]+")
 _TAG = re.compile(r"[a-z0-9_.-]+")
 # Starlette decodes the path before routing, so the `%2F` the SDK puts in a namespaced
@@ -60,6 +66,9 @@ def parse_name(text: str, *, what: str = "name") -> Name:
 def clean_tags(tags: Iterable[str]) -> list[str]:
     """The tags lower-cased and deduplicated in order; 400 for one infra rejects (bad
     characters, or a UUID, which would read as a build id)."""
+    tags = list(tags)
+    if len(tags) > MAX_TAGS:
+        raise ApiError(400, f"At most {MAX_TAGS} tags can be given at once (got {len(tags)})")
     cleaned: list[str] = []
     for tag in tags:
         try:
@@ -67,7 +76,7 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
             if _is_uuid(value):
                 raise ValueError("tag cannot be a UUID")
         except ValueError as e:
-            raise ApiError(400, f"Invalid tag '{tag}': {e}") from None
+            raise ApiError(400, f"Invalid tag '{shown(tag)}': {e}") from None
         if value not in cleaned:
             cleaned.append(value)
     return cleaned
@@ -81,8 +90,10 @@ def check_build_id(build_id: str) -> str:
 
 def _clean(value: str, pattern: re.Pattern[str], what: str) -> str:
     cleaned = value.strip().lower()
+    if len(cleaned) > MAX_PART_LENGTH:
+        raise ValueError(f"{what} {shown(value)} is longer than {MAX_PART_LENGTH} characters")
     if not pattern.fullmatch(cleaned):
-        raise ValueError(f"invalid {what}: {value}")
+        raise ValueError(f"invalid {what}: {shown(value)}")
     return cleaned
 
 

@@ -11,6 +11,13 @@ from typing import Any, TypeVar
 from hearth.api._errors import ApiError
 
 T = TypeVar("T")
+# The OpenAPI description of the header every paged list answers with.
+NEXT_TOKEN = {
+    "X-Next-Token": {
+        "description": "The next page's nextToken, on every page but the last",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def paginate(
@@ -21,13 +28,13 @@ def paginate(
     if token:
         try:
             after = json.loads(base64.urlsafe_b64decode(token.encode()))
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, binascii.Error, RecursionError):  # a made-up token, too deep
             raise ApiError(400, "invalid nextToken") from None
         if not isinstance(after, list):
             raise ApiError(400, "invalid nextToken")
         try:
             items = [i for i in items if key(i) > after]
-        except TypeError:
+        except (TypeError, RecursionError):
             raise ApiError(400, "invalid nextToken") from None
     page = list(items[:limit])
     if len(items) <= limit or not page:

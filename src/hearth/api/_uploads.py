@@ -3,9 +3,12 @@
 The SDK asks for a link per `filesHash` and PUTs the tar to it with a plain HTTP client,
 without the API key (spec §5.1), so the link carries its own authorization: a random
 token, good for one upload within TOKEN_TTL, kept in memory by its SHA-256 so that a
-lookup by the presented token compares digests, not the secret itself. Tars are kept per
-team under `<data_dir>/template-files/<team id>/<hash>`: a team's next build that copies
-the same files finds them present and uploads nothing.
+lookup by the presented token compares digests, not the secret itself. A link that was
+used (whether its upload then succeeded or not) or has expired answers 410 until it is
+forgotten, TOKEN_TTL after it was made; one never made, 404. A team holds at most
+MAX_GRANTS unused links at a time. Tars are kept per team under
+`<data_dir>/template-files/<team id>/<hash>`: a team's next build that copies the same
+files finds them present and uploads nothing.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.api._errors import ApiError
 
 TOKEN_TTL = 3600.0  # seconds: the SDK's own upload timeout is an hour
+MAX_GRANTS = 1000  # unused links per team (a build asks for one per COPY step)
 UPLOAD_PATH = "/_hearth/uploads"
 FILES_DIR = "template-files"
 # The SDK's hashes are SHA-256 hex; anything of these characters is a safe file name.
@@ -31,17 +35,21 @@ _HASH = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TEAM = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Grant:
     team_id: str
     files_hash: str
-    expires: float  # time.monotonic()
+    expires: float  # on the clock of `Uploads`
+    used: bool = False
 
 
 class Uploads:
-    def __init__(self, data_dir: Path | None) -> None:
+    def __init__(
+        self, data_dir: Path | None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._root = data_dir / FILES_DIR if data_dir is not None else None
         self._grants: dict[bytes, _Grant] = {}
+        self._clock = clock
 
     def path(self, team_id: str, files_hash: str) -> Path:
         """Where the team's tar of `files_hash` is (or would be) kept."""
@@ -59,9 +67,18 @@ class Uploads:
     def grant(self, team_id: str, files_hash: str, base_url: str) -> str:
         """A one-time URL under `base_url` that accepts the team's tar of `files_hash`."""
         self.path(team_id, files_hash)  # validates before anything is promised
-        moment = time.monotonic()
-        for key in [k for k, g in self._grants.items() if g.expires <= moment]:
-            del self._grants[key]
+        moment = self._clock()
+        for key in [k for k, g in self._grants.items() if g.expires + TOKEN_TTL <= moment]:
+            del self._grants[key]  # long past: its token is as unknown as a made-up one
+        unused = sum(
+            1
+            for g in self._grants.values()
+            if g.team_id == team_id and not g.used and g.expires > moment
+        )
+        if unused >= MAX_GRANTS:
+            raise ApiError(
+                429, f"at most {MAX_GRANTS} upload links can be open at once: use them first"
+            )
         token = secrets.token_urlsafe(32)
         self._grants[_digest(token)] = _Grant(team_id, files_hash, moment + TOKEN_TTL)
         return f"{base_url.rstrip('/')}{UPLOAD_PATH}/{token}"
@@ -69,11 +86,17 @@ class Uploads:
     async def receive(
         self, token: str, body: AsyncIterator[bytes], content_length: int | None
     ) -> None:
-        """Write the upload of `token` into place (whole or not at all); 404 if the token
-        is unknown, used or expired."""
-        grant = self._grants.pop(_digest(token), None)
-        if grant is None or grant.expires <= time.monotonic():
-            raise ApiError(404, "upload link not found: it was used already or has expired")
+        """Write the upload of `token` into place (whole or not at all). The token is
+        spent by this call, whatever its outcome: 410 if it was spent already or has
+        expired, 404 if it was never made."""
+        grant = self._grants.get(_digest(token))
+        if grant is None:
+            raise ApiError(404, "upload link not found")
+        if grant.used:
+            raise ApiError(410, "upload link was used already: ask for a new one")
+        if grant.expires <= self._clock():
+            raise ApiError(410, "upload link has expired: ask for a new one")
+        grant.used = True
         target = self.path(grant.team_id, grant.files_hash)
         await asyncio.to_thread(target.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")

@@ -32,7 +32,7 @@ def init(req: Request, state: EnvdState) -> Response:
     if not isinstance(data, dict):
         return Response.error(400, "invalid JSON body")
     with state.lock:
-        if state.access_token and req.headers.get("x-access-token") != state.access_token:
+        if not state.accepts(req.headers.get("x-access-token")):
             return Response.error(401, "unauthorized access, please provide a valid access token")
         env_vars = data.get("envVars")
         if isinstance(env_vars, dict):

@@ -74,10 +74,11 @@ def envelope(flags: int, payload: bytes) -> bytes:
 
 def _gunzip(data: bytes) -> bytes:
     import gzip
+    import zlib
 
     try:
         return gzip.decompress(data)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise RpcError("invalid_argument", f"invalid gzip message: {e}") from e
 
 

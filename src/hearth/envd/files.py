@@ -65,7 +65,7 @@ def check_signing(req: Request, ctx: Context, operation: str) -> Response | None
 
     header = req.headers.get("x-access-token", "")
     if header:
-        if not hmac.compare_digest(header.encode(), token.encode()):
+        if not ctx.state.accepts(header):
             return Response.error(401, "access token present in header but does not match")
         return None
     given = req.arg("signature")

@@ -65,8 +65,7 @@ class Envd:
         return Context(self.state, user, req.headers, timeout)
 
     def authorized(self, req: Request) -> bool:
-        token = self.state.access_token
-        return not token or req.headers.get("x-access-token") == token
+        return self.state.accepts(req.headers.get("x-access-token"))
 
     def route(self, req: Request) -> Response:
         path, method = req.path, req.method

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 
 from hearth.store._records import InvalidCursor
 
 _SEP = "__"
 _ASC = "asc"
+# What a sandbox id in a token may be: text a query can carry (PostgreSQL takes no NUL).
+_ID = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 def encode(started_at: datetime, sandbox_id: str, ascending: bool) -> str:
-    stamp = started_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = started_at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     parts = [stamp, sandbox_id, _ASC] if ascending else [stamp, sandbox_id]
     return base64.urlsafe_b64encode(_SEP.join(parts).encode()).decode()
 
@@ -38,8 +41,11 @@ def decode(token: str, ascending: bool) -> tuple[datetime, str]:
         raise InvalidCursor("invalid next token: it was made for the other order")
     try:
         started_at = datetime.fromisoformat(parts[0])
-    except ValueError as e:
+        if started_at.tzinfo is None:
+            raise ValueError("no offset")
+        started_at = started_at.astimezone(UTC)
+    except (ValueError, OverflowError) as e:
         raise InvalidCursor("invalid next token") from e
-    if started_at.tzinfo is None or not parts[1]:
+    if not _ID.fullmatch(parts[1]):
         raise InvalidCursor("invalid next token")
     return started_at, parts[1]

@@ -1,8 +1,10 @@
 """The sandbox bodies of E2B's OpenAPI spec, with its exact field names (spec §2.3, §2.4).
 
 Fields are named as they travel (`templateID`, `envVars`, and the one snake_case
-`allow_internet_access`); unknown request fields are ignored, as the Go server does.
-Every field the Python SDK's parser requires is required here too.
+`allow_internet_access`) and the models as E2B's spec names them, so that Hearth's
+`/openapi.json` reads as E2B's; unknown request fields are ignored, as the Go server
+does. Every field the Python SDK's parser requires is required here too, and what a
+request may carry is bounded (`hearth.api._limits`).
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hearth.store import Sandbox, SandboxState
+from hearth.api._limits import EnvVars, Metadata, RequestBody, Seconds
+from hearth.store import Sandbox as SandboxRecord
+from hearth.store import SandboxState
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class AutoResume(_Request):
+class SandboxAutoResumeConfig(RequestBody):
     enabled: bool = False
 
 
-class VolumeMount(_Request):
+class SandboxVolumeMount(RequestBody):
     name: str
     path: str
 
@@ -32,7 +32,7 @@ class VolumeMount(_Request):
 _MASK = r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?(?::(?:[0-9]{1,5}|\$\{PORT\}))?$"
 
 
-class NetworkConfig(_Request):
+class SandboxNetworkConfig(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     allowPublicTraffic: bool | None = None
@@ -45,7 +45,7 @@ class NetworkConfig(_Request):
     dnsServers: list[str] | None = None
 
 
-class NetworkUpdate(_Request):
+class SandboxNetworkUpdateConfig(RequestBody):
     """`PUT /sandboxes/{id}/network` (E2B's `SandboxNetworkUpdateConfig`)."""
 
     allowOut: list[str] | None = None
@@ -56,20 +56,20 @@ class NetworkUpdate(_Request):
     dnsServers: list[str] | None = None
 
 
-class NewSandboxV2(_Request):
+class NewSandboxV2(RequestBody):
     """`POST /v2/sandboxes`: always secured; the timeout defaults to 300 s."""
 
-    templateID: str = Field(min_length=1)
-    timeout: int | None = None
+    templateID: str = Field(min_length=1, examples=["base"])
+    timeout: Seconds | None = None
     autoPause: bool | None = None
     autoPauseMemory: bool | None = None
-    autoResume: AutoResume | None = None
+    autoResume: SandboxAutoResumeConfig | None = None
     allow_internet_access: bool | None = None
-    network: NetworkConfig | None = None
-    metadata: dict[str, str] | None = None
-    envVars: dict[str, str] | None = None
+    network: SandboxNetworkConfig | None = None
+    metadata: Metadata | None = None
+    envVars: EnvVars | None = None
     mcp: dict[str, Any] | None = None
-    volumeMounts: list[VolumeMount] | None = None
+    volumeMounts: list[SandboxVolumeMount] | None = None
 
 
 class NewSandbox(NewSandboxV2):
@@ -78,39 +78,39 @@ class NewSandbox(NewSandboxV2):
     secure: bool | None = None
 
 
-class ConnectSandbox(_Request):
-    timeout: int
+class ConnectSandbox(RequestBody):
+    timeout: Seconds
     memory: bool | None = None
 
 
-class ConnectSandboxV2(_Request):
-    timeout: int = 300
+class ConnectSandboxV2(RequestBody):
+    timeout: Seconds = 300
     memory: bool | None = None
 
 
-class PauseRequest(_Request):
+class SandboxPauseRequest(RequestBody):
     memory: bool = True  # False: keep only the filesystem
     requireHealthyGuest: bool | None = None
 
 
-class ResumeRequest(_Request):
+class ResumedSandbox(RequestBody):
     """The deprecated `POST /sandboxes/{id}/resume`."""
 
-    timeout: int = 15
+    timeout: Seconds = 15
     autoPause: bool | None = None
     memory: bool | None = None
 
 
-class TimeoutRequest(_Request):
-    timeout: int = Field(ge=0)
+class TimeoutRequest(RequestBody):
+    timeout: Seconds
 
 
-class RefreshRequest(_Request):
+class RefreshRequest(RequestBody):
     duration: int = Field(15, ge=0, le=3600)
 
 
-class SandboxCreated(BaseModel):
-    """`Sandbox`: the answer of create and connect."""
+class Sandbox(BaseModel):
+    """The answer of create and connect."""
 
     sandboxID: str
     templateID: str
@@ -122,7 +122,7 @@ class SandboxCreated(BaseModel):
     domain: str | None
 
     @classmethod
-    def of(cls, sandbox: Sandbox, domain: str | None) -> SandboxCreated:
+    def of(cls, sandbox: SandboxRecord, domain: str | None) -> Sandbox:
         return cls(
             sandboxID=sandbox.sandbox_id,
             templateID=sandbox.template_id,
@@ -135,7 +135,7 @@ class SandboxCreated(BaseModel):
         )
 
 
-class Lifecycle(BaseModel):
+class SandboxLifecycle(BaseModel):
     autoResume: bool
     onTimeout: Literal["kill", "pause"]
 
@@ -153,30 +153,34 @@ class ListedSandbox(BaseModel):
     metadata: dict[str, str]
     state: Literal["running", "paused"]
     envdVersion: str
-    volumeMounts: list[VolumeMount]
+    volumeMounts: list[SandboxVolumeMount]
 
     @classmethod
-    def of(cls, sandbox: Sandbox) -> ListedSandbox:
+    def of(cls, sandbox: SandboxRecord) -> ListedSandbox:
         return cls(**_listed_fields(sandbox))
 
 
 class SandboxDetail(ListedSandbox):
-    envdAccessToken: str | None
-    allowInternetAccess: bool | None
-    domain: str | None
-    network: dict[str, Any] | None
-    lifecycle: Lifecycle
+    """Served without its None fields (the parser crashes on some nulls): every field
+    that may be None may be absent."""
+
+    alias: str | None = None
+    envdAccessToken: str | None = None
+    allowInternetAccess: bool | None = None
+    domain: str | None = None
+    network: SandboxNetworkConfig | None = None
+    lifecycle: SandboxLifecycle
     pauseMode: Literal["full", "filesystem"] | None = None  # what a paused one's pause kept
 
     @classmethod
-    def of_detail(cls, sandbox: Sandbox, domain: str | None) -> SandboxDetail:
+    def of_detail(cls, sandbox: SandboxRecord, domain: str | None) -> SandboxDetail:
         return cls(
             **_listed_fields(sandbox),
             envdAccessToken=sandbox.envd_access_token,
             allowInternetAccess=sandbox.allow_internet,
             domain=domain,
             network=sandbox.network,
-            lifecycle=Lifecycle(
+            lifecycle=SandboxLifecycle(
                 autoResume=sandbox.auto_resume,
                 onTimeout="pause" if sandbox.auto_pause else "kill",
             ),
@@ -184,13 +188,13 @@ class SandboxDetail(ListedSandbox):
         )
 
 
-def _pause_mode(sandbox: Sandbox) -> Literal["full", "filesystem"] | None:
+def _pause_mode(sandbox: SandboxRecord) -> Literal["full", "filesystem"] | None:
     if sandbox.state is not SandboxState.PAUSED or sandbox.pause_memory is None:
         return None
     return "full" if sandbox.pause_memory else "filesystem"
 
 
-def _listed_fields(sandbox: Sandbox) -> dict[str, Any]:
+def _listed_fields(sandbox: SandboxRecord) -> dict[str, Any]:
     return {
         "templateID": sandbox.template_id,
         "alias": sandbox.alias,
@@ -237,5 +241,5 @@ class SandboxLogs(BaseModel):
     logEntries: list[SandboxLogEntry]
 
 
-class SandboxLogsV2(BaseModel):
+class SandboxLogsV2Response(BaseModel):
     logs: list[SandboxLogEntry]

@@ -7,38 +7,40 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Response
 from pydantic import AfterValidator
 
 from hearth.api._auth import CurrentTeam
 from hearth.api._deps import SandboxesDep, SettingsDep, StoreDep
-from hearth.api._errors import ApiError, sandbox_not_found
+from hearth.api._errors import ApiError, responses, sandbox_not_found
 from hearth.api._filters import decode_metadata, decode_states, decode_time
+from hearth.api._limits import MAX_UNIX_MS
 from hearth.api._network import egress_from
+from hearth.api._paging import NEXT_TOKEN
 from hearth.api._sandboxes import CreateRequest
 from hearth.api.routes.sandbox_schemas import (
     ConnectSandbox,
     ConnectSandboxV2,
     ListedSandbox,
-    NetworkConfig,
-    NetworkUpdate,
     NewSandbox,
     NewSandboxV2,
-    PauseRequest,
     RefreshRequest,
-    ResumeRequest,
-    SandboxCreated,
+    ResumedSandbox,
+    Sandbox,
     SandboxDetail,
     SandboxLog,
     SandboxLogEntry,
     SandboxLogs,
-    SandboxLogsV2,
+    SandboxLogsV2Response,
     SandboxMetric,
+    SandboxNetworkConfig,
+    SandboxNetworkUpdateConfig,
+    SandboxPauseRequest,
     TimeoutRequest,
 )
 from hearth.store import MAX_PAGE, InvalidCursor, SandboxState, Store, Team
 
-router = APIRouter()
+router = APIRouter(responses=responses(400, 401, 500))
 
 
 def _short_id(sandbox_id: str) -> str:
@@ -48,31 +50,36 @@ def _short_id(sandbox_id: str) -> str:
     return parts[0] if len(parts) == 2 else sandbox_id
 
 
-SandboxId = Annotated[str, AfterValidator(_short_id)]
+SandboxId = Annotated[str, Path(alias="sandboxID"), AfterValidator(_short_id)]
+# A time in milliseconds since the epoch.
+UnixMillis = Annotated[int, Query(ge=0, le=MAX_UNIX_MS)]
 
 
 # --- create ----------------------------------------------------------------------------
 
 
-@router.post("/sandboxes", status_code=201)
+_CREATE_ERRORS = responses(404, 413, 429)
+
+
+@router.post("/sandboxes", status_code=201, responses=_CREATE_ERRORS)
 async def create_sandbox(
     body: NewSandbox, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
-) -> SandboxCreated:
+) -> Sandbox:
     request = _create_request(body, secure=bool(body.secure), default_timeout=15)
-    return SandboxCreated.of(await sandboxes.create(team, request), settings.domain)
+    return Sandbox.of(await sandboxes.create(team, request), settings.domain)
 
 
-@router.post("/v2/sandboxes", status_code=201)
+@router.post("/v2/sandboxes", status_code=201, responses=_CREATE_ERRORS)
 async def create_sandbox_v2(
     body: NewSandboxV2,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header()] = None,
-) -> SandboxCreated:
+) -> Sandbox:
     request = _create_request(body, secure=True, default_timeout=300)
     sandbox = await sandboxes.create(team, request, idempotency_key)
-    return SandboxCreated.of(sandbox, settings.domain)
+    return Sandbox.of(sandbox, settings.domain)
 
 
 def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -> CreateRequest:
@@ -104,7 +111,7 @@ def _create_request(body: NewSandboxV2, *, secure: bool, default_timeout: int) -
     )
 
 
-def _refuse_unsupported(network: NetworkConfig | NetworkUpdate) -> None:
+def _refuse_unsupported(network: SandboxNetworkConfig | SandboxNetworkUpdateConfig) -> None:
     """A 400 for E2B network options this server does not implement, rather than a
     sandbox that silently lacks them."""
     for name in ("egressProxy", "dnsServers"):
@@ -112,16 +119,16 @@ def _refuse_unsupported(network: NetworkConfig | NetworkUpdate) -> None:
             raise ApiError(400, f"network.{name} is not supported by this server")
 
 
-@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+@router.put("/sandboxes/{sandboxID}/network", status_code=204, responses=responses(404, 413))
 async def update_sandbox_network(
     sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
-    body: Annotated[NetworkUpdate | None, Body()] = None,
+    body: Annotated[SandboxNetworkUpdateConfig | None, Body()] = None,
 ) -> Response:
-    """Replace the egress rules (E2B's `SandboxNetworkUpdateConfig`): an omitted field is
-    cleared, an empty body clears them all."""
-    body = body or NetworkUpdate()
+    """Replace the egress rules: an omitted field is cleared, an empty body clears them
+    all."""
+    body = body or SandboxNetworkUpdateConfig()
     _refuse_unsupported(body)
     network = body.model_dump(include={"allowOut", "denyOut", "rules"}, exclude_none=True)
     allow_internet = body.allow_internet_access is not False
@@ -148,7 +155,20 @@ async def list_sandboxes(
             return [ListedSandbox.of(s) for s in found]
 
 
-@router.get("/v2/sandboxes")
+@router.get(
+    "/v2/sandboxes",
+    responses={
+        200: {
+            "headers": {
+                **NEXT_TOKEN,
+                "X-Total-Running": {
+                    "description": "How many running sandboxes match, over every page",
+                    "schema": {"type": "integer"},
+                },
+            }
+        }
+    },
+)
 async def list_sandboxes_v2(
     response: Response,
     team: CurrentTeam,
@@ -186,26 +206,26 @@ async def list_sandboxes_v2(
 
 
 # The parser crashes on a `network: null`; an absent optional field is always safe.
-@router.get("/sandboxes/{sandbox_id}", response_model_exclude_none=True)
+@router.get("/sandboxes/{sandboxID}", response_model_exclude_none=True, responses=responses(404))
 async def get_sandbox(
     sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep, settings: SettingsDep
 ) -> SandboxDetail:
     return SandboxDetail.of_detail(await sandboxes.get(team, sandbox_id), settings.domain)
 
 
-@router.get("/sandboxes/{sandbox_id}/metrics")
+@router.get("/sandboxes/{sandboxID}/metrics", responses=responses(404))
 async def get_sandbox_metrics(
     sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep
 ) -> list[SandboxMetric]:
     return [SandboxMetric(**m) for m in await sandboxes.metrics(team, sandbox_id)]
 
 
-@router.get("/sandboxes/{sandbox_id}/logs")
+@router.get("/sandboxes/{sandboxID}/logs", responses=responses(404))
 async def get_sandbox_logs(
     sandbox_id: SandboxId,
     team: CurrentTeam,
     store: StoreDep,
-    start: int | None = None,
+    start: UnixMillis | None = None,
     limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
 ) -> SandboxLogs:
     """v1 logs: the sandbox's lifecycle events, as lines and as entries (`start` in ms)."""
@@ -214,15 +234,15 @@ async def get_sandbox_logs(
     return SandboxLogs(logs=lines, logEntries=entries)
 
 
-@router.get("/v2/sandboxes/{sandbox_id}/logs")
+@router.get("/v2/sandboxes/{sandboxID}/logs", responses=responses(404))
 async def get_sandbox_logs_v2(
     sandbox_id: SandboxId,
     team: CurrentTeam,
     store: StoreDep,
-    cursor: int | None = None,
+    cursor: UnixMillis | None = None,
     limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
-) -> SandboxLogsV2:
-    return SandboxLogsV2(logs=await _log_entries(store, team, sandbox_id, cursor, limit))
+) -> SandboxLogsV2Response:
+    return SandboxLogsV2Response(logs=await _log_entries(store, team, sandbox_id, cursor, limit))
 
 
 async def _log_entries(
@@ -246,7 +266,7 @@ async def _log_entries(
 # --- change ----------------------------------------------------------------------------
 
 
-@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+@router.delete("/sandboxes/{sandboxID}", status_code=204, responses=responses(404))
 async def kill_sandbox(
     sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep
 ) -> Response:
@@ -255,7 +275,7 @@ async def kill_sandbox(
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+@router.post("/sandboxes/{sandboxID}/timeout", status_code=204, responses=responses(404, 413))
 async def set_sandbox_timeout(
     sandbox_id: SandboxId, body: TimeoutRequest, team: CurrentTeam, sandboxes: SandboxesDep
 ) -> Response:
@@ -263,7 +283,7 @@ async def set_sandbox_timeout(
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+@router.post("/sandboxes/{sandboxID}/refreshes", status_code=204, responses=responses(404, 413))
 async def refresh_sandbox(
     sandbox_id: SandboxId,
     team: CurrentTeam,
@@ -274,7 +294,11 @@ async def refresh_sandbox(
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/connect")
+# 200: it runs; 201: it was paused and is resumed (409 while its snapshot is taken).
+_CONNECT = {201: {"model": Sandbox, "description": "Resumed"}, **responses(404, 409, 413, 429)}
+
+
+@router.post("/sandboxes/{sandboxID}/connect", responses=_CONNECT)
 async def connect_sandbox(
     sandbox_id: SandboxId,
     body: ConnectSandbox,
@@ -282,14 +306,14 @@ async def connect_sandbox(
     sandboxes: SandboxesDep,
     settings: SettingsDep,
     response: Response,
-) -> SandboxCreated:
+) -> Sandbox:
     """200: it runs (its end only extended); 201: it was paused and is resumed."""
     sandbox, resumed = await sandboxes.connect(team, sandbox_id, body.timeout, body.memory)
     response.status_code = 201 if resumed else 200
-    return SandboxCreated.of(sandbox, settings.domain)
+    return Sandbox.of(sandbox, settings.domain)
 
 
-@router.post("/v2/sandboxes/{sandbox_id}/connect")
+@router.post("/v2/sandboxes/{sandboxID}/connect", responses=_CONNECT)
 async def connect_sandbox_v2(
     sandbox_id: SandboxId,
     team: CurrentTeam,
@@ -297,35 +321,40 @@ async def connect_sandbox_v2(
     settings: SettingsDep,
     response: Response,
     body: Annotated[ConnectSandboxV2 | None, Body()] = None,
-) -> SandboxCreated:
+) -> Sandbox:
     body = body or ConnectSandboxV2()
     sandbox, resumed = await sandboxes.connect(team, sandbox_id, body.timeout, body.memory)
     response.status_code = 201 if resumed else 200
-    return SandboxCreated.of(sandbox, settings.domain)
+    return Sandbox.of(sandbox, settings.domain)
 
 
-@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+# 501: the node's runtime cannot pause.
+@router.post(
+    "/sandboxes/{sandboxID}/pause", status_code=204, responses=responses(404, 409, 413, 501)
+)
 async def pause_sandbox(
     sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
-    body: Annotated[PauseRequest | None, Body()] = None,
+    body: Annotated[SandboxPauseRequest | None, Body()] = None,
 ) -> Response:
     """204 paused (also for pauses that arrive while one is under way); 409 already
     paused; 404. `memory: false` keeps only the filesystem."""
-    await sandboxes.pause(team.id, sandbox_id, memory=(body or PauseRequest()).memory)
+    await sandboxes.pause(team.id, sandbox_id, memory=(body or SandboxPauseRequest()).memory)
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+@router.post(
+    "/sandboxes/{sandboxID}/resume", status_code=201, responses=responses(404, 409, 413, 429)
+)
 async def resume_sandbox(
     sandbox_id: SandboxId,
     team: CurrentTeam,
     sandboxes: SandboxesDep,
     settings: SettingsDep,
-    body: Annotated[ResumeRequest | None, Body()] = None,
-) -> SandboxCreated:
+    body: Annotated[ResumedSandbox | None, Body()] = None,
+) -> Sandbox:
     """Deprecated (connect resumes too): 201 resumed, 409 running, 404."""
-    body = body or ResumeRequest()
+    body = body or ResumedSandbox()
     sandbox = await sandboxes.resume(team, sandbox_id, body.timeout, body.memory)
-    return SandboxCreated.of(sandbox, settings.domain)
+    return Sandbox.of(sandbox, settings.domain)

@@ -1,46 +1,53 @@
-"""Template request and response bodies, in the spec's field names (camelCase), with
-every key the Python 2.63 parser requires (spec §2.4)."""
+"""Template request and response bodies, named as E2B's spec names them, in its field
+names (camelCase), with every key the Python 2.63 parser requires (spec §2.4)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field
 
-from hearth.store import Build, BuildLogEntry, TemplateTag
+from hearth.api._limits import Int32, RequestBody
+from hearth.api._names import MAX_TAGS
+from hearth.store import Build
+from hearth.store import BuildLogEntry as BuildLogRecord
 from hearth.store import Template as TemplateRecord
+from hearth.store import TemplateTag as TagRecord
 
 BuildStatus = Literal["building", "waiting", "ready", "error"]
 LogLevel = Literal["debug", "info", "warn", "error"]
 
 
-class _Sparse(BaseModel):
-    """Leaves out the optional fields it does not have: the parser reads a present
-    `null` as a value (and `isoparse(None)` crashes)."""
+def sparse() -> Any:
+    """An optional answer field, left out when it has no value: the parser reads a
+    present `null` as a value (and `isoparse(None)` crashes)."""
+    return Field(None, exclude_if=_is_none)
 
-    @model_serializer(mode="wrap")
-    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 # --- requests ---------------------------------------------------------------------------
 
+# The free space a build may ask its sandboxes' filesystem for beyond the default: 1 TiB.
+MAX_FREE_DISK_MB = 1 << 20
+Tags = Annotated[list[str], Field(max_length=MAX_TAGS)]
 
-class TemplateBuildRequestV3(BaseModel):
-    name: str | None = None
-    tags: list[str] | None = None
+
+class TemplateBuildRequestV3(RequestBody):
+    name: str | None = Field(None, examples=["my-template:v1"])
+    tags: Tags | None = None
     alias: str | None = None  # deprecated: `name`
     teamID: str | None = None  # deprecated: the key's team
-    cpuCount: int | None = None
-    memoryMB: int | None = None
-    minFreeDiskMb: int | None = None
+    cpuCount: Int32 | None = None
+    memoryMB: Int32 | None = None
+    minFreeDiskMb: Annotated[int, Field(ge=0, le=MAX_FREE_DISK_MB)] | None = None
 
 
-class TemplateStep(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class TemplateStep(RequestBody):
     type: str
     args: list[str] = []
     filesHash: str | None = None
@@ -48,7 +55,7 @@ class TemplateStep(BaseModel):
     forceUpload: bool | None = None
 
 
-class TemplateBuildStartV2(BaseModel):
+class TemplateBuildStartV2(RequestBody):
     fromImage: str | None = None
     fromTemplate: str | None = None
     fromImageRegistry: dict[str, Any] | None = None
@@ -58,18 +65,18 @@ class TemplateBuildStartV2(BaseModel):
     readyCmd: str | None = None
 
 
-class TemplateUpdateRequest(BaseModel):
+class TemplateUpdateRequest(RequestBody):
     public: bool | None = None
 
 
-class AssignTemplateTagsRequest(BaseModel):
+class AssignTemplateTagsRequest(RequestBody):
     target: str
-    tags: list[str]
+    tags: Tags
 
 
-class DeleteTemplateTagsRequest(BaseModel):
+class DeleteTemplateTagsRequest(RequestBody):
     name: str
-    tags: list[str]
+    tags: Tags
 
 
 # --- responses --------------------------------------------------------------------------
@@ -95,19 +102,19 @@ class TemplateRequestResponseV3(BaseModel):
         )
 
 
-class TemplateBuildFileUpload(_Sparse):
+class TemplateBuildFileUpload(BaseModel):
     present: bool
-    url: str | None = None
+    url: str | None = sparse()
 
 
-class BuildLogEntryOut(_Sparse):
+class BuildLogEntry(BaseModel):
     timestamp: datetime
     level: LogLevel
     message: str
-    step: str | None = None
+    step: str | None = sparse()
 
     @classmethod
-    def of(cls, entry: BuildLogEntry) -> BuildLogEntryOut:
+    def of(cls, entry: BuildLogRecord) -> BuildLogEntry:
         return cls(
             timestamp=entry.timestamp,
             level=entry.level,  # type: ignore[arg-type]
@@ -116,22 +123,22 @@ class BuildLogEntryOut(_Sparse):
         )
 
 
-class BuildStatusReason(_Sparse):
+class BuildStatusReason(BaseModel):
     message: str
-    step: str | None = None
+    step: str | None = sparse()
 
 
-class TemplateBuildInfo(_Sparse):
+class TemplateBuildInfo(BaseModel):
     templateID: str
     buildID: str
     status: BuildStatus
-    logEntries: list[BuildLogEntryOut]
+    logEntries: list[BuildLogEntry]
     # The same page as plain messages, for SDKs older than `logEntries`.
     logs: list[str]
-    reason: BuildStatusReason | None = None
+    reason: BuildStatusReason | None = sparse()
 
     @classmethod
-    def of(cls, build: Build, entries: list[BuildLogEntry]) -> TemplateBuildInfo:
+    def of(cls, build: Build, entries: list[BuildLogRecord]) -> TemplateBuildInfo:
         reason = None
         if build.status == "error":
             why = build.reason or {}
@@ -142,17 +149,17 @@ class TemplateBuildInfo(_Sparse):
             templateID=build.template_id,
             buildID=build.build_id,
             status=build.status,  # type: ignore[arg-type]
-            logEntries=[BuildLogEntryOut.of(e) for e in entries],
+            logEntries=[BuildLogEntry.of(e) for e in entries],
             logs=[e.message for e in entries],
             reason=reason,
         )
 
 
 class TemplateBuildLogsResponse(BaseModel):
-    logs: list[BuildLogEntryOut]
+    logs: list[BuildLogEntry]
 
 
-class TemplateOut(BaseModel):
+class Template(BaseModel):
     """`Template` of the OpenAPI spec (every field the Python parser pops is here); the
     build fields are its latest build's."""
 
@@ -197,23 +204,23 @@ class TemplateOut(BaseModel):
         }
 
     @classmethod
-    def of(cls, t: TemplateRecord, latest: Build | None) -> TemplateOut:
+    def of(cls, t: TemplateRecord, latest: Build | None) -> Template:
         return cls(**cls.fields_of(t, latest))
 
 
-class TemplateBuildOut(_Sparse):
+class TemplateBuild(BaseModel):
     buildID: str
     status: BuildStatus
     createdAt: datetime
     updatedAt: datetime
-    finishedAt: datetime | None = None
+    finishedAt: datetime | None = sparse()
     cpuCount: int
     memoryMB: int
-    diskSizeMB: int | None = None
-    envdVersion: str | None = None
+    diskSizeMB: int | None = sparse()
+    envdVersion: str | None = sparse()
 
     @classmethod
-    def of(cls, build: Build) -> TemplateBuildOut:
+    def of(cls, build: Build) -> TemplateBuild:
         return cls(
             buildID=build.build_id,
             status=build.status,  # type: ignore[arg-type]
@@ -227,8 +234,8 @@ class TemplateBuildOut(_Sparse):
         )
 
 
-class TemplateWithBuilds(TemplateOut):
-    builds: list[TemplateBuildOut]  # newest first
+class TemplateWithBuilds(Template):
+    builds: list[TemplateBuild]  # newest first
 
 
 class TemplateUpdateResponse(BaseModel):
@@ -240,16 +247,16 @@ class AssignedTemplateTags(BaseModel):
     buildID: str
 
 
-class TemplateTagOut(BaseModel):
+class TemplateTag(BaseModel):
     tag: str
     buildID: str
     createdAt: datetime
 
     @classmethod
-    def of(cls, tag: TemplateTag) -> TemplateTagOut:
+    def of(cls, tag: TagRecord) -> TemplateTag:
         return cls(tag=tag.tag, buildID=tag.build_id, createdAt=tag.created_at)
 
 
-class TemplateAlias(BaseModel):
+class TemplateAliasResponse(BaseModel):
     templateID: str
     public: bool

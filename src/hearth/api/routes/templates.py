@@ -5,29 +5,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from hearth.api._auth import CurrentTeam
 from hearth.api._deps import TemplatesDep
-from hearth.api._errors import ApiError
-from hearth.api._paging import paginate
+from hearth.api._errors import ApiError, responses
+from hearth.api._limits import INT32_MAX, MAX_UNIX_MS
+from hearth.api._paging import NEXT_TOKEN, paginate
 from hearth.api._uploads import UPLOAD_PATH
 from hearth.api.routes.template_schemas import (
     AssignedTemplateTags,
     AssignTemplateTagsRequest,
-    BuildLogEntryOut,
+    BuildLogEntry,
     DeleteTemplateTagsRequest,
     LogLevel,
-    TemplateAlias,
+    Template,
+    TemplateAliasResponse,
+    TemplateBuild,
     TemplateBuildFileUpload,
     TemplateBuildInfo,
     TemplateBuildLogsResponse,
-    TemplateBuildOut,
     TemplateBuildRequestV3,
     TemplateBuildStartV2,
-    TemplateOut,
     TemplateRequestResponseV3,
-    TemplateTagOut,
+    TemplateTag,
     TemplateUpdateRequest,
     TemplateUpdateResponse,
     TemplateWithBuilds,
@@ -35,6 +36,10 @@ from hearth.api.routes.template_schemas import (
 from hearth.store import MAX_PAGE
 
 router = APIRouter()
+# Every route but the upload link's takes the API key; 403: another team's template.
+_ERRORS = responses(400, 401, 403, 404, 500)
+TemplateId = Annotated[str, Path(alias="templateID")]
+BuildId = Annotated[str, Path(alias="buildID")]
 
 # Routes with a fixed segment come before the `{template_id}` ones they would match.
 
@@ -42,7 +47,7 @@ router = APIRouter()
 # --- build -----------------------------------------------------------------------------
 
 
-@router.post("/v3/templates", status_code=202)
+@router.post("/v3/templates", status_code=202, responses={**_ERRORS, **responses(413, 429)})
 async def request_build(
     body: TemplateBuildRequestV3, team: CurrentTeam, templates: TemplatesDep
 ) -> TemplateRequestResponseV3:
@@ -58,10 +63,10 @@ async def request_build(
     return TemplateRequestResponseV3.of(template, build)
 
 
-@router.get("/templates/{template_id}/files/{files_hash}", status_code=201)
+@router.get("/templates/{templateID}/files/{hash}", status_code=201, responses=_ERRORS)
 async def file_upload_link(
-    template_id: str,
-    files_hash: str,
+    template_id: TemplateId,
+    files_hash: Annotated[str, Path(alias="hash")],
     request: Request,
     team: CurrentTeam,
     templates: TemplatesDep,
@@ -70,9 +75,23 @@ async def file_upload_link(
     return TemplateBuildFileUpload(present=url is None, url=url)
 
 
-@router.put(UPLOAD_PATH + "/{token}")
+@router.put(
+    UPLOAD_PATH + "/{token}",
+    response_class=Response,
+    responses={
+        200: {"description": "Uploaded"},
+        **responses(400, 404, 410, 500),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def upload_files(token: str, request: Request, templates: TemplatesDep) -> Response:
-    """The PUT of an upload link: no API key (the SDK sends none), the token is the key."""
+    """The PUT of an upload link (a tar of a COPY step's files): no API key (the SDK
+    sends none), the token is the key; once, before it expires (410 after either)."""
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
         raise ApiError(400, "invalid Content-Length")
@@ -80,10 +99,15 @@ async def upload_files(token: str, request: Request, templates: TemplatesDep) ->
     return Response(status_code=200)
 
 
-@router.post("/v2/templates/{template_id}/builds/{build_id}", status_code=202)
+@router.post(
+    "/v2/templates/{templateID}/builds/{buildID}",
+    status_code=202,
+    response_class=Response,
+    responses={**_ERRORS, **responses(409, 413), 202: {"description": "Started"}},
+)
 async def start_build(
-    template_id: str,
-    build_id: str,
+    template_id: TemplateId,
+    build_id: BuildId,
     body: TemplateBuildStartV2,
     team: CurrentTeam,
     templates: TemplatesDep,
@@ -92,13 +116,13 @@ async def start_build(
     return Response(status_code=202)
 
 
-@router.get("/templates/{template_id}/builds/{build_id}/status")
+@router.get("/templates/{templateID}/builds/{buildID}/status", responses=_ERRORS)
 async def build_status(
-    template_id: str,
-    build_id: str,
+    template_id: TemplateId,
+    build_id: BuildId,
     team: CurrentTeam,
     templates: TemplatesDep,
-    logs_offset: Annotated[int, Query(alias="logsOffset", ge=0)] = 0,
+    logs_offset: Annotated[int, Query(alias="logsOffset", ge=0, le=INT32_MAX)] = 0,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = MAX_PAGE,
     level: LogLevel | None = None,
 ) -> TemplateBuildInfo:
@@ -108,13 +132,13 @@ async def build_status(
     return TemplateBuildInfo.of(build, entries)
 
 
-@router.get("/templates/{template_id}/builds/{build_id}/logs")
+@router.get("/templates/{templateID}/builds/{buildID}/logs", responses=_ERRORS)
 async def build_logs(
-    template_id: str,
-    build_id: str,
+    template_id: TemplateId,
+    build_id: BuildId,
     team: CurrentTeam,
     templates: TemplatesDep,
-    cursor: Annotated[int | None, Query(ge=0)] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_UNIX_MS)] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = MAX_PAGE,
     direction: Literal["forward", "backward"] = "forward",
     level: LogLevel | None = None,
@@ -130,13 +154,13 @@ async def build_logs(
         direction=direction,
         level=level,
     )
-    return TemplateBuildLogsResponse(logs=[BuildLogEntryOut.of(e) for e in entries])
+    return TemplateBuildLogsResponse(logs=[BuildLogEntry.of(e) for e in entries])
 
 
 # --- tags ------------------------------------------------------------------------------
 
 
-@router.post("/templates/tags", status_code=201)
+@router.post("/templates/tags", status_code=201, responses={**_ERRORS, **responses(413)})
 async def assign_tags(
     body: AssignTemplateTagsRequest, team: CurrentTeam, templates: TemplatesDep
 ) -> AssignedTemplateTags:
@@ -144,7 +168,7 @@ async def assign_tags(
     return AssignedTemplateTags(tags=tags, buildID=build_id)
 
 
-@router.delete("/templates/tags", status_code=204)
+@router.delete("/templates/tags", status_code=204, responses={**_ERRORS, **responses(413)})
 async def remove_tags(
     body: DeleteTemplateTagsRequest, team: CurrentTeam, templates: TemplatesDep
 ) -> Response:
@@ -152,37 +176,37 @@ async def remove_tags(
     return Response(status_code=204)
 
 
-@router.get("/templates/aliases/{alias}")
+@router.get("/templates/aliases/{alias}", responses=_ERRORS)
 async def get_template_alias(
     alias: str, team: CurrentTeam, templates: TemplatesDep
-) -> TemplateAlias:
+) -> TemplateAliasResponse:
     """200 if the team may use it, 403 if it is another team's (it exists), else 404."""
     template = await templates.alias(team, alias)
-    return TemplateAlias(templateID=template.template_id, public=template.public)
+    return TemplateAliasResponse(templateID=template.template_id, public=template.public)
 
 
-@router.get("/templates/{template_id}/tags")
+@router.get("/templates/{templateID}/tags", responses=_ERRORS)
 async def list_tags(
-    template_id: str, team: CurrentTeam, templates: TemplatesDep
-) -> list[TemplateTagOut]:
-    return [TemplateTagOut.of(t) for t in await templates.tags(team, template_id)]
+    template_id: TemplateId, team: CurrentTeam, templates: TemplatesDep
+) -> list[TemplateTag]:
+    return [TemplateTag.of(t) for t in await templates.tags(team, template_id)]
 
 
 # --- read ------------------------------------------------------------------------------
 
 
-@router.get("/templates")
+@router.get("/templates", responses=_ERRORS)
 async def list_templates(
     team: CurrentTeam,
     templates: TemplatesDep,
     team_id: Annotated[str | None, Query(alias="teamID")] = None,
-) -> list[TemplateOut]:
+) -> list[Template]:
     """v1: the team's and the public templates, oldest first, all at once."""
     _check_team(team.id, team_id)
-    return [TemplateOut.of(t, latest) for t, latest in await templates.list_all(team)]
+    return [Template.of(t, latest) for t, latest in await templates.list_all(team)]
 
 
-@router.get("/v2/templates")
+@router.get("/v2/templates", responses={**_ERRORS, 200: {"headers": NEXT_TOKEN}})
 async def list_templates_v2(
     response: Response,
     team: CurrentTeam,
@@ -190,7 +214,7 @@ async def list_templates_v2(
     team_id: Annotated[str | None, Query(alias="teamID")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
-) -> list[TemplateOut]:
+) -> list[Template]:
     _check_team(team.id, team_id)
     found = await templates.list_all(team)
     page, token = paginate(
@@ -198,12 +222,12 @@ async def list_templates_v2(
     )
     if token:
         response.headers["X-Next-Token"] = token
-    return [TemplateOut.of(t, latest) for t, latest in page]
+    return [Template.of(t, latest) for t, latest in page]
 
 
-@router.get("/templates/{template_id}")
+@router.get("/templates/{templateID}", responses={**_ERRORS, 200: {"headers": NEXT_TOKEN}})
 async def get_template(
-    template_id: str,
+    template_id: TemplateId,
     response: Response,
     team: CurrentTeam,
     templates: TemplatesDep,
@@ -222,30 +246,42 @@ async def get_template(
         response.headers["X-Next-Token"] = token
     latest = builds[0] if builds else None
     return TemplateWithBuilds(
-        **TemplateOut.fields_of(template, latest), builds=[TemplateBuildOut.of(b) for b in page]
+        **Template.fields_of(template, latest), builds=[TemplateBuild.of(b) for b in page]
     )
 
 
 # --- change ----------------------------------------------------------------------------
 
 
-@router.delete("/templates/{template_id}", status_code=204)
-async def delete_template(template_id: str, team: CurrentTeam, templates: TemplatesDep) -> Response:
+@router.delete("/templates/{templateID}", status_code=204, responses=_ERRORS)
+async def delete_template(
+    template_id: TemplateId, team: CurrentTeam, templates: TemplatesDep
+) -> Response:
     await templates.delete(team, template_id)
     return Response(status_code=204)
 
 
-@router.patch("/v2/templates/{template_id}")
+@router.patch("/v2/templates/{templateID}", responses={**_ERRORS, **responses(413)})
 async def update_template_v2(
-    template_id: str, body: TemplateUpdateRequest, team: CurrentTeam, templates: TemplatesDep
+    template_id: TemplateId,
+    body: TemplateUpdateRequest,
+    team: CurrentTeam,
+    templates: TemplatesDep,
 ) -> TemplateUpdateResponse:
     template = await templates.set_public(team, template_id, body.public)
     return TemplateUpdateResponse(names=list(template.aliases))
 
 
-@router.patch("/templates/{template_id}")
+@router.patch(
+    "/templates/{templateID}",
+    response_class=Response,
+    responses={**_ERRORS, **responses(413), 200: {"description": "Updated"}},
+)
 async def update_template(
-    template_id: str, body: TemplateUpdateRequest, team: CurrentTeam, templates: TemplatesDep
+    template_id: TemplateId,
+    body: TemplateUpdateRequest,
+    team: CurrentTeam,
+    templates: TemplatesDep,
 ) -> Response:
     """Deprecated: as v2, with no body in the answer."""
     await templates.set_public(team, template_id, body.public)
