@@ -292,6 +292,6 @@ async def test_a_restarted_node_adopts_running_sandboxes_and_removes_dead_ones(
     for pid in monitors:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-    assert wait_no_leaks(data_dir) == {}
-    assert leaks(data_dir) == {}
+    assert wait_no_leaks(data_dir, closed=True) == {}
+    assert leaks(data_dir, closed=True) == {}
     shutil.rmtree(data_dir)

@@ -213,7 +213,7 @@ async def test_a_restarted_node_adopts_paused_sandboxes() -> None:
         for pid in monitors:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-    assert wait_no_leaks(data_dir) == {}
+    assert wait_no_leaks(data_dir, closed=True) == {}
     shutil.rmtree(data_dir)
 
 
