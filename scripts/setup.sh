@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86, qemu-utils, lz4, e2fsprogs, cpio, procps: the microvm runtime (QEMU,
 # qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl);
 # openssl: the certificates of the old-SDK tests' TLS front; libnss-myhostname: glibc
-# resolves `*.localhost` (the sandbox hosts `sandbox.get_host()` names) to loopback.
+# resolves `*.localhost` (the sandbox hosts `sandbox.get_host()` names) to loopback; lxcfs:
+# container sandboxes' own /proc/meminfo, cpuinfo, stat, uptime.
 apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables
   qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry openssl
-  libnss-myhostname)
+  libnss-myhostname lxcfs)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -28,6 +29,11 @@ if ((${#missing[@]})); then
   # their own on loopback.
   if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+  # Likewise Debian's lxcfs starts a host-wide daemon on /var/lib/lxcfs; each Hearth
+  # node runs its own.
+  if [[ " ${missing[*]} " == *" lxcfs "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now lxcfs >/dev/null 2>&1 || true
   fi
 fi
 

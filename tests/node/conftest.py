@@ -129,17 +129,21 @@ def _ls(path: Path) -> list[str]:
     return sorted(os.listdir(path)) if path.is_dir() else []
 
 
-def leaks(data_dir: Path) -> dict[str, list]:
+def leaks(data_dir: Path, *, closed: bool = False) -> dict[str, list]:
     """Everything of Hearth's sandboxes that exists on the host now; empty when none
-    run. Looks at the host itself, not at what the node believes."""
+    run. Looks at the host itself, not at what the node believes. The node's own lxcfs
+    daemon and mount are not the sandboxes': `closed` (the node is) counts them too."""
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    lxcfs = f"{data_dir}/lxcfs/"
     found = {
         "netns pins": _ls(data_dir / "netns"),
         "netns mounts": [line for line in mountinfo if "nsfs" in line and str(data_dir) in line],
         "interfaces": [n for n in _ls(Path("/sys/class/net")) if n.startswith(INTERFACE_PREFIX)],
         "rules": [e for name in SLOT_SETS for e in _nft_elements(name) if _of_a_slot(e)],
         "mounts (any namespace)": [
-            line for line in _all_mount_tables().splitlines() if str(data_dir) in line
+            line
+            for line in _all_mount_tables().splitlines()
+            if str(data_dir) in line and lxcfs not in line
         ],
         "loop devices": _loop_devices(data_dir),
         "cgroups": sorted(
@@ -149,6 +153,8 @@ def leaks(data_dir: Path) -> dict[str, list]:
         "sandbox dirs": _ls(data_dir / "sandboxes"),
         "runtime state": _ls(data_dir / "oci"),
     }
+    if closed:
+        found.update(node_leaks(data_dir))
     return {k: v for k, v in found.items() if v}
 
 
@@ -179,11 +185,33 @@ def only_files_left(found: dict[str, list], *sandbox_ids: str) -> bool:
     )
 
 
-def wait_no_leaks(data_dir: Path, timeout: float = 10.0) -> dict[str, list]:
+def node_leaks(data_dir: Path) -> dict[str, list]:
+    """What a closed node may have left beside its sandboxes': its lxcfs daemon, the
+    daemon's mount (in any namespace), directory and host-wide link."""
+    from hearth.node.runtime.container.lxcfs import Lxcfs
+
+    lxcfs = Lxcfs(data_dir / "lxcfs")
+    daemons = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if str(lxcfs.alias).encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                daemons.append(entry)
+    found = {
+        "lxcfs daemons": daemons,
+        "lxcfs mounts (any namespace)": [
+            line for line in _all_mount_tables().splitlines() if str(lxcfs.mount) in line
+        ],
+        "lxcfs directory": [str(lxcfs.directory)] if lxcfs.directory.exists() else [],
+        "lxcfs link": [str(lxcfs.alias)] if os.path.lexists(lxcfs.alias) else [],
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def wait_no_leaks(data_dir: Path, timeout: float = 10.0, *, closed: bool = False) -> dict:
     """leaks(), given a moment for processes the kernel is still tearing down."""
     deadline = time.monotonic() + timeout
     while True:
-        found = leaks(data_dir)
+        found = leaks(data_dir, closed=closed)
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
@@ -214,7 +242,7 @@ async def node(data_dir: Path, leaks_before) -> AsyncIterator:
 
     async with LocalNode(data_dir) as n:
         yield n
-    found = wait_no_leaks(data_dir)
+    found = wait_no_leaks(data_dir, closed=True)
     if found:
         # Leave the host clean for the next run whatever failed: a new node adopts or
         # removes everything under data_dir, and closing it stops what it adopted.

@@ -53,3 +53,31 @@ def test_seccomp_allows_by_default_and_denies_escapes() -> None:
     clone = [r for r in p["syscalls"] if r["names"] == ["clone"]]
     new_user = 0x10000000
     assert any(r["args"][0]["value"] == new_user for r in clone)
+
+
+def test_host_view_binds_lxcfs_read_only_and_sets_the_cpus() -> None:
+    from hearth.node.runtime.container.bundle import LXCFS_FILES, cpu_limit, host_view
+    from hearth.node.runtime.container.lxcfs import LxcfsView
+
+    c = _config(cpu_count=2)
+    assert cpu_limit(c) == 2
+    kernel = list(c["mounts"])
+    view = LxcfsView(Path("/data/lxcfs/mnt"), ("/proc/meminfo", "/sys/devices/system/cpu/online"))
+    c = host_view(c, view, "2-3")
+    binds = {m["destination"]: m for m in c["mounts"] if m["destination"] in LXCFS_FILES}
+    assert binds["/proc/meminfo"] == {
+        "destination": "/proc/meminfo",
+        "type": "bind",
+        "source": "/data/lxcfs/mnt/proc/meminfo",
+        "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+    }
+    assert binds["/sys/devices/system/cpu/online"]["source"] == (
+        "/data/lxcfs/mnt/sys/devices/system/cpu/online"
+    )
+    # After /proc and /sys, which they cover files of.
+    assert c["mounts"][: len(kernel)] == kernel
+    assert c["linux"]["resources"]["cpu"] == {"quota": 200_000, "period": 100_000, "cpus": "2-3"}
+    # A launch without a daemon up, on all CPUs: the kernel's files, no cpuset.
+    c = host_view(c, None, None)
+    assert c["mounts"] == kernel
+    assert c["linux"]["resources"]["cpu"] == {"quota": 200_000, "period": 100_000}

@@ -289,6 +289,6 @@ async def test_a_restarted_node_adopts_running_sandboxes_and_removes_dead_ones(
         await second.close()
     # The first node's runtime processes were this process's children: reap them.
     reap(monitors)
-    assert wait_no_leaks(data_dir) == {}
-    assert leaks(data_dir) == {}
+    assert wait_no_leaks(data_dir, closed=True) == {}
+    assert leaks(data_dir, closed=True) == {}
     shutil.rmtree(data_dir)

@@ -64,6 +64,6 @@ async def test_runc_serves_as_the_fallback_runtime(sdk_env) -> None:
             sandbox = await AsyncSandbox.create()
             assert (await sandbox.commands.run("id -un")).stdout.strip() == "user"
             assert await node.kill(s.sandbox_id)
-        assert wait_no_leaks(data_dir) == {}
+        assert wait_no_leaks(data_dir, closed=True) == {}
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

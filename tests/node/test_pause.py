@@ -207,7 +207,7 @@ async def test_a_restarted_node_adopts_paused_sandboxes() -> None:
             await second.close()
     finally:
         reap(monitors)
-    assert wait_no_leaks(data_dir) == {}
+    assert wait_no_leaks(data_dir, closed=True) == {}
     shutil.rmtree(data_dir)
 
 

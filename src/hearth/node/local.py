@@ -768,6 +768,10 @@ class _BuildSandbox:
 
 
 class _ContainerDriver:
+    """The container runtime, its network pool, and the node's lxcfs daemon: started
+    with it, stopped by `shutdown` and `detach` unless containers that outlive the node
+    are bound to it."""
+
     starts_templates = False
 
     def __init__(
@@ -790,9 +794,13 @@ class _ContainerDriver:
         self._options = options
         self.runtime = None
         self._adopted_paused: dict[str, _Paused] = {}
+        self.lxcfs = None
 
     async def setup(self) -> None:
         from hearth.node.runtime.container import ContainerRuntime, detect
+        from hearth.node.runtime.container.lxcfs import Lxcfs
+
+        lxcfs = Lxcfs(self._data_dir / "lxcfs")
 
         def prepare() -> ContainerRuntime:
             oci = detect(self._data_dir / "oci", self._oci_runtime)
@@ -803,13 +811,28 @@ class _ContainerDriver:
                 **self._slot_rules,
             )
             runtime = ContainerRuntime(
-                self._data_dir, oci, pool, ensure_bundle(self._bundle_dir), **self._options
+                self._data_dir,
+                oci,
+                pool,
+                ensure_bundle(self._bundle_dir),
+                lxcfs=lxcfs,
+                **self._options,
             )
             runtime.setup()
             pool.setup()
             return runtime
 
-        self.runtime = await asyncio.to_thread(prepare)
+        # The daemon comes up (~20 ms) beside the runtime's setup.
+        self.lxcfs = lxcfs
+        daemon = asyncio.ensure_future(lxcfs.start())
+        try:
+            self.runtime = await asyncio.to_thread(prepare)
+        except BaseException:
+            await asyncio.gather(daemon, return_exceptions=True)
+            await lxcfs.close()
+            raise
+        await daemon
+        lxcfs.on_change = self.runtime.rebind_lxcfs
         log.info("container runtime: %s (%s)", self.runtime.oci.name, self.runtime.oci.binary)
 
     async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
@@ -826,6 +849,9 @@ class _ContainerDriver:
 
         # Keyed by the API's id: a claimed pool member's own id is not the API's.
         adopted, removed = await self.runtime.reconcile()
+        if not self.lxcfs.adopted:
+            # A new daemon (or none): what the adopted sandboxes were bound to is dead.
+            await to_thread_to_the_end(self.runtime.rebind_lxcfs)
         self._adopted_paused = {s.api_id: PausedContainer(s) for s in adopted if s.paused}
         return {s.api_id: s for s in adopted if not s.paused}, removed
 
@@ -863,7 +889,17 @@ class _ContainerDriver:
         return None
 
     async def detach(self) -> None:
-        return None
+        await self._let_go_of_lxcfs()
+
+    async def _let_go_of_lxcfs(self) -> None:
+        """Leave the daemon running for the containers still bound to it (this node's
+        that outlive it, or another node process's on the same directory), else stop it."""
+        if self.lxcfs is None:
+            return
+        if self.runtime is not None and await asyncio.to_thread(self.runtime.running_inits):
+            await self.lxcfs.detach()
+        else:
+            await self.lxcfs.close()
 
     async def shutdown(self) -> None:
         runtime = self.runtime
@@ -873,6 +909,7 @@ class _ContainerDriver:
         # The rules table stays (empty of slots), as forwarding does: another node
         # process on this host may still use them.
         await asyncio.to_thread(runtime.remove_cgroup_parents)
+        await self._let_go_of_lxcfs()
 
 
 class _IsolatedSandbox:

@@ -20,6 +20,13 @@ _launcher.py SPEC`), so it may import only the standard library. It:
 5. execs the runtime, which builds the container from this namespace. The runtime's
    process stays as the container's parent and the mounts live as long as the
    container: they disappear with its last process, with nothing to unmount on the host.
+
+Before 2. it unmounts from its namespace the lxcfs mounts of other nodes (lxcfs.py): the
+namespace lives as long as the sandbox and would keep every one of them alive, a closed
+node's included, where only its own node's is of use (config.json binds its files).
+
+`_launcher.py --rebind SPEC` redoes those binds in running containers instead, after
+the node's lxcfs daemon came back or could not (`rebind`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ CLONE_NEWUSER = 0x10000000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
 
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -47,6 +55,7 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 MOUNT_ATTR_IDMAP = 0x100000
 
 # As bundle.py names them (tests/unit/test_boot_id.py holds the two together).
@@ -118,6 +127,17 @@ def _id_mapped_userns(base: int, count: int) -> int:
 
 def _mount_id_mapped(source: str, target: str, userns: int) -> None:
     """Mount a read-only, id-mapped copy of the tree at `source` on `target`."""
+    flags = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+    tree = _detached_tree(source, flags, userns)
+    try:
+        _move_mount(tree, target)
+    finally:
+        os.close(tree)
+
+
+def _detached_tree(source: str, attr_set: int, userns: int = 0) -> int:
+    """An fd of a detached copy of the mounts at `source` with `attr_set` (and the
+    id map of `userns` if MOUNT_ATTR_IDMAP), to attach anywhere with `_move_mount`."""
     tree = _check(
         _libc.syscall(
             SYS_OPEN_TREE,
@@ -128,12 +148,7 @@ def _mount_id_mapped(source: str, target: str, userns: int) -> None:
         f"open_tree {source}",
     )
     try:
-        attr = _MountAttr(
-            MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-            0,
-            0,
-            userns,
-        )
+        attr = _MountAttr(attr_set, 0, 0, userns)
         _check(
             _libc.syscall(
                 SYS_MOUNT_SETATTR,
@@ -143,16 +158,38 @@ def _mount_id_mapped(source: str, target: str, userns: int) -> None:
                 ctypes.byref(attr),
                 ctypes.sizeof(attr),
             ),
-            f"id-map {source}",
+            f"set the attributes of {source}",
         )
-        _check(
-            _libc.syscall(
-                SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH
-            ),
-            f"move_mount {source} to {target}",
-        )
-    finally:
+    except BaseException:
         os.close(tree)
+        raise
+    return tree
+
+
+def _move_mount(tree: int, target: str) -> None:
+    _check(
+        _libc.syscall(
+            SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH
+        ),
+        f"move_mount to {target}",
+    )
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field as the path it names (spaces and such are octal escapes)."""
+    if "\\" not in field:
+        return field
+    return field.encode().decode("unicode_escape").encode("latin-1").decode()
+
+
+def _drop_other_lxcfs(own: str | None) -> None:
+    """Unmount every lxcfs mount in this namespace but `own` (see the module's doc)."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split(" ")[4] for line in mountinfo if " - fuse.lxcfs " in line]
+    for point in points:
+        path = _unescape(point)
+        if path != own:
+            _libc.umount2(path.encode(), MNT_DETACH)
 
 
 def _random_uuid() -> str:
@@ -198,12 +235,62 @@ def _bind_boot_id_by_hook(config_path: str) -> None:
     os.replace(f"{config_path}.new", config_path)
 
 
+def rebind(spec: dict) -> int:
+    """Make the lxcfs binds of running containers (their inits' host pids,
+    `spec["inits"]`) those of the lxcfs mount `spec["source"]`, or take them away
+    (None), for each of `spec["files"]`. One child per container, as setns into a mount
+    namespace wants a process of its own; returns 1 if any failed (said on stderr)."""
+    children = []
+    for pid in spec["inits"]:
+        child = os.fork()
+        if child == 0:
+            code = 0
+            try:
+                _rebind_in(pid, spec["source"], spec["files"])
+            except BaseException as e:  # noqa: BLE001 - reported, and the child ends
+                print(f"sandbox init {pid}: {e}", file=sys.stderr, flush=True)
+                code = 1
+            os._exit(code)
+        children.append(child)
+    failed = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed += status != 0
+    return 1 if failed else 0
+
+
+def _rebind_in(pid: int, source: str | None, files: list[str]) -> None:
+    """In the mount namespace of `pid`, bind `source`'s copy of each of `files` over
+    it, read-only, in place of what was bound there (a dead daemon's bind), or leave
+    the kernel's file if `source` is None. A file already bound from `source` stays."""
+    flags = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+    # Taken here, in the host's namespace, where `source` is.
+    trees = {path: _detached_tree(source + path, flags) for path in files} if source else {}
+    live = os.stat(source).st_dev if source else None
+    namespace = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    _check(_libc.setns(namespace, CLONE_NEWNS), f"setns to the mount namespace of {pid}")
+    for path in files:
+        try:
+            if os.stat(path).st_dev == live:
+                continue
+        except OSError:
+            pass  # ENOTCONN: a dead daemon's
+        for _ in range(8):  # until the kernel's own file is on top (EINVAL)
+            if _libc.umount2(path.encode(), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
+                break
+        if path in trees:
+            _move_mount(trees[path], path)
+
+
 def main() -> None:
+    if sys.argv[1] == "--rebind":
+        sys.exit(rebind(json.loads(sys.argv[2])))
     spec = json.loads(sys.argv[1])
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     if spec["hide_cgroup2"]:
         _libc.umount2(spec["cgroup2_mount"].encode(), MNT_DETACH)
+    _drop_other_lxcfs(spec.get("lxcfs"))
     userns = _id_mapped_userns(spec["id_base"], spec["id_count"])
     # One id-mapped mount per template layer; the overlay names them relative to the
     # sandbox's directory so that hundreds fit in a page of mount options.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hearth.node.runtime.container import seccomp
+
+if TYPE_CHECKING:
+    from hearth.node.runtime.container.lxcfs import LxcfsView
 
 # Docker's default set minus what a sandbox has no use for; envd needs SETUID/SETGID to
 # run the user's processes as `user`, and the user's root needs CHOWN, DAC_OVERRIDE,
@@ -51,6 +55,22 @@ CFS_PERIOD_US = 100_000
 # boot goes on); a filesystem-only pause's resume is a new boot, with a new id.
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_FILE = "boot_id"
+
+# The kernel's files that say the host's memory, CPUs, uptime and load, whatever the
+# reader's limits: lxcfs's own, which answer for the reader's cgroup, are bound over
+# them (`host_view`), so that `free`, `top`, `nproc` and `os.cpu_count()` see the
+# sandbox. runc accepts binds inside /proc for these paths only (its lxcfs list).
+LXCFS_FILES = (
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/loadavg",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/sys/devices/system/cpu/online",
+)
+READ_ONLY_BIND = ("bind", "ro", "nosuid", "nodev", "noexec")
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,7 @@ def oci_config(c: ContainerConfig) -> dict:
                 "destination": BOOT_ID_PATH,
                 "type": "bind",
                 "source": str(c.boot_id),
-                "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+                "options": list(READ_ONLY_BIND),
             },
             {
                 "destination": "/dev",
@@ -167,3 +187,33 @@ def oci_config(c: ContainerConfig) -> dict:
             "rootfsPropagation": "private",
         },
     }
+
+
+def host_view(config: dict, lxcfs: LxcfsView | None, cpus: str | None) -> dict:
+    """`config` with what a launch takes from the host as it is at that moment: lxcfs's
+    files over the kernel's while its daemon is up (without, the sandbox sees the
+    host's), and the CPUs it may run on (None: all the host's)."""
+    mounts = [m for m in config["mounts"] if m.get("destination") not in LXCFS_FILES]
+    if lxcfs is not None:
+        mounts += [
+            {
+                "destination": path,
+                "type": "bind",
+                "source": f"{lxcfs.mount}{path}",
+                "options": list(READ_ONLY_BIND),
+            }
+            for path in lxcfs.files
+        ]
+    config["mounts"] = mounts
+    cpu = config["linux"]["resources"]["cpu"]
+    if cpus is None:
+        cpu.pop("cpus", None)
+    else:
+        cpu["cpus"] = cpus
+    return config
+
+
+def cpu_limit(config: dict) -> int:
+    """How many CPUs' time the config's quota allows (its sandbox's `cpu_count`)."""
+    cpu = config["linux"]["resources"]["cpu"]
+    return max(1, -(-cpu["quota"] // cpu["period"]))

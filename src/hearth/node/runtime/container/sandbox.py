@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hearth.node.disk import overlay_disk
 from hearth.node.guest import envd_client
@@ -66,10 +66,20 @@ from hearth.node.network import NetworkPool, NetworkSlot
 from hearth.node.network.policy import Egress
 from hearth.node.network.resolvers import sandbox_resolvers
 from hearth.node.runtime._threads import threaded_release, to_thread_to_the_end
-from hearth.node.runtime.container.bundle import ContainerConfig, oci_config
+from hearth.node.runtime.container.bundle import (
+    LXCFS_FILES,
+    ContainerConfig,
+    cpu_limit,
+    host_view,
+    oci_config,
+)
+from hearth.node.runtime.container.cpus import CpuPlacement
 from hearth.node.runtime.container.idblocks import IdBlockError, IdBlocks
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
 from hearth.template.artifact import Artifact
+
+if TYPE_CHECKING:
+    from hearth.node.runtime.container.lxcfs import Lxcfs
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +268,12 @@ class ContainerRuntime:
         no_new_privileges: bool = False,
         dns_servers: list[str] | None = None,
         extra_ca: str | None = None,
+        lxcfs: Lxcfs | None = None,
     ) -> None:
         """`extra_ca`: a CA certificate (PEM) every sandbox trusts besides its
         template's: the local CA, whose certificates the egress proxy presents where it
-        applies header transforms over TLS, and the server's sandbox URLs."""
+        applies header transforms over TLS, and the server's sandbox URLs. `lxcfs`: the
+        node's daemon whose files sandboxes read of their own memory and CPUs."""
         # Why sandboxes get no disks of their own here (set by `setup()`), or None.
         self.no_disks: str | None = None
         self.data_dir = Path(data_dir)
@@ -275,7 +287,9 @@ class ContainerRuntime:
         self.no_new_privileges = no_new_privileges
         self.dns_servers = dns_servers
         self.extra_ca = extra_ca
+        self.lxcfs = lxcfs
         self._blocks = IdBlocks(self.sandboxes_dir, ID_BLOCKS)
+        self._cpus = CpuPlacement(cgroup_parent)
 
     def setup(self) -> None:
         for d in (self.data_dir, self.sandboxes_dir, self.oci.state_root):
@@ -585,6 +599,7 @@ class ContainerRuntime:
         _write_record(directory, record)
 
     def _launch(self, directory: Path, record: SandboxRecord, layers: list[Path]) -> _Container:
+        self._take_host_view(directory, record.sandbox_id)
         launch = {
             "directory": str(directory),
             "layers": [str(p) for p in layers],
@@ -598,6 +613,7 @@ class ContainerRuntime:
             "id_count": ID_COUNT,
             "hide_cgroup2": self.oci.hide_cgroup2,
             "cgroup2_mount": CGROUP2_HYBRID_MOUNT,
+            "lxcfs": str(self.lxcfs.mount) if self.lxcfs is not None else None,
             "argv": self.oci.command(
                 "run",
                 "--bundle",
@@ -618,6 +634,56 @@ class ContainerRuntime:
                 start_new_session=True,
             )
         return _Container(self.oci, record.sandbox_id, directory, monitor=monitor)
+
+    def _take_host_view(self, directory: Path, sandbox_id: str) -> None:
+        """Write into config.json what this launch takes from the host as it is now:
+        its CPUs (cpus.py) and lxcfs's files while the daemon is up (bundle.host_view)."""
+        path = directory / "config.json"
+        config = json.loads(path.read_text())
+        cpus = self._cpus.place(sandbox_id, cpu_limit(config))
+        view = self.lxcfs.view if self.lxcfs is not None else None
+        path.write_text(json.dumps(host_view(config, view, cpus), indent=1))
+
+    def rebind_lxcfs(self) -> None:
+        """Bind the files of the lxcfs daemon now up into every running container, in
+        place of those of one that exited (dead: their reads fail), or take those away
+        while none is up, so that the sandbox reads the kernel's. Blocking."""
+        view = self.lxcfs.view if self.lxcfs is not None else None
+        inits = self.running_inits()
+        if not inits:
+            return
+        spec = {
+            "inits": inits,
+            "source": str(view.mount) if view else None,
+            "files": list(view.files if view else LXCFS_FILES),
+        }
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(LAUNCHER), "--rebind", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            log.warning("redoing the lxcfs binds of sandboxes failed: %s", done.stderr.strip())
+        else:
+            what = "lxcfs's files" if view else "the host's /proc (no lxcfs)"
+            log.info("%d running sandboxes see %s", len(inits), what)
+
+    def running_inits(self) -> list[int]:
+        """The host pids of the inits of this runtime's containers, frozen ones too."""
+        names = os.listdir(self.sandboxes_dir) if self.sandboxes_dir.is_dir() else []
+        return [pid for pid in map(self._running_init, names) if pid is not None]
+
+    def _running_init(self, name: str) -> int | None:
+        """The host pid of sandbox `name`'s container init if it runs (its pid file may
+        be a stopped container's: the process must be in the sandbox's cgroup)."""
+        try:
+            pid = int((self.sandboxes_dir / name / "pid").read_text())
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except (OSError, ValueError):
+            return None
+        own = f":/{self.cgroup_parent}/{name}"
+        return pid if any(line.endswith(own) for line in cgroups) else None
 
     async def _wait_healthy(self, address: str, container: _Container, directory: Path) -> None:
         def dead() -> str | None:
@@ -811,6 +877,7 @@ class ContainerRuntime:
 
     def _remove_cgroups(self, name: str) -> None:
         """rmdir the sandbox's cgroups (the runtime normally has; this is the backstop)."""
+        self._cpus.release(name)
         failed = []
         for path in self.cgroup_dirs(name):
             for attempt in range(50):
