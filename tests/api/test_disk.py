@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from e2b import CommandExitException, Sandbox, Template
-from node.conftest import leaks
+from node.conftest import leaks, wait_no_leaks
 
 from .conftest import Hearth, served_containers
 
@@ -92,3 +92,26 @@ def test_a_sandbox_disk_is_its_templates_size_and_a_write_past_it_fails(hearth) 
         if f"/sandboxes/{sandbox.sandbox_id}/" in line
     ]
     assert ours == [], left
+
+
+def test_a_build_step_is_held_to_its_templates_disk(hearth) -> None:
+    from e2b import BuildException
+
+    alias = f"disk-build-{uuid.uuid4().hex[:8]}"
+    # Past the default disk plus the build's extra, instantly (fallocate writes nothing).
+    too_much = (
+        Template().from_template("base").run_cmd(f"fallocate -l {EXTRA_MB * 16}M /home/user/big")
+    )
+    logs: list[str] = []
+    with pytest.raises(BuildException):
+        Template.build(
+            too_much, alias, min_free_disk_mb=EXTRA_MB, on_build_logs=lambda e: logs.append(str(e))
+        )
+    assert any(NO_SPACE in line for line in logs), "\n".join(logs)
+    # What fits is built, and nothing of the failed step's sandbox is left.
+    Template.build(
+        Template().from_template("base").run_cmd(f"fallocate -l {EXTRA_MB // 2}M /home/user/fits"),
+        alias,
+        min_free_disk_mb=EXTRA_MB,
+    )
+    assert wait_no_leaks(_node_dir(hearth)) == {}

@@ -143,7 +143,10 @@ class Templates:
             raise ApiError(409, f"Build '{build_id}' has already been started ({build.status})")
         try:
             recipe = Recipe.from_build_request(
-                body, cpu_count=build.cpu_count, memory_mb=build.memory_mb
+                body,
+                cpu_count=build.cpu_count,
+                memory_mb=build.memory_mb,
+                disk_mb=build.disk_size_mb,
             )
             oci.credentials(recipe.base.registry)  # AWS and GCP are refused here, not later
         except (RecipeError, oci.UnsupportedRegistry) as e:

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 RuntimeKind = Literal["container", "isolated", "microvm"]
 ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
-# The disk of a build step's sandbox (MiB; sparse: only what the step writes is used).
+# The disk of a built-in template's build steps (MiB; sparse: only what a step writes is
+# used); a user's build is bounded by its template's diskSizeMB instead.
 # A step's layer is one RUN's changes, e.g. a pip install of a whole ML stack.
 BUILD_DISK_MB = 20480
 ISOLATED_EGRESS = (
@@ -478,7 +479,7 @@ class LocalNode:
         return self._builder
 
     async def _open_build_sandbox(
-        self, layers: list[Path], cpu_count: int, memory_mb: int
+        self, layers: list[Path], cpu_count: int, memory_mb: int, disk_mb: int | None
     ) -> _BuildSandbox:
         """A container sandbox for a build step, whatever runs the node's others. The
         driver is set up on the first step: a build found whole in the cache needs none."""
@@ -496,7 +497,7 @@ class LocalNode:
             template_id="build",
             cpu_count=cpu_count,
             memory_mb=memory_mb,
-            disk_mb=BUILD_DISK_MB,
+            disk_mb=disk_mb or BUILD_DISK_MB,
         )
         return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 

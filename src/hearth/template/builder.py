@@ -79,7 +79,8 @@ class BuildSandbox(Protocol):
     async def stop(self) -> None: ...
 
 
-OpenSandbox = Callable[[list[Path], int, int], Awaitable[BuildSandbox]]
+# (layers, vCPUs, memory MiB, disk MiB or None) -> a build sandbox over those layers.
+OpenSandbox = Callable[[list[Path], int, int, int | None], Awaitable[BuildSandbox]]
 # (recipe name, log) -> the artifact of a built-in template (e2bdev/base is `base`).
 BuiltinArtifact = Callable[[str, BuildLog], Awaitable[Artifact]]
 
@@ -373,7 +374,7 @@ class Builder:
         recipe = request.recipe
         staging = self.layers.root / f".build-{uuid.uuid4().hex}"
         sandbox = await self._open(
-            self.layers.paths(state.layers), recipe.cpu_count, recipe.memory_mb
+            self.layers.paths(state.layers), recipe.cpu_count, recipe.memory_mb, recipe.disk_mb
         )
         try:
             await envd_client.init(sandbox.url, envd_client.defaults_body(state.env, "root", "/"))
@@ -396,7 +397,10 @@ class Builder:
     async def _finalize(self, recipe: Recipe, artifact: Artifact, log: BuildLog) -> None:
         log("info", f"Running the start command: {artifact.start_cmd or '(none)'}", "finalize")
         sandbox = await self._open(
-            self.layers.paths(artifact.layers), recipe.cpu_count, recipe.memory_mb
+            self.layers.paths(artifact.layers),
+            recipe.cpu_count,
+            recipe.memory_mb,
+            recipe.disk_mb,
         )
         try:
             await envd_client.init(sandbox.url, template_body(artifact))

@@ -99,6 +99,9 @@ class Recipe:
     force: bool = False  # ignore the cache for every step
     cpu_count: int = 2
     memory_mb: int = 512
+    # What a build step may write (the template's diskSizeMB); None: the node's own
+    # bound for builds (built-in templates, which install more than a sandbox may).
+    disk_mb: int | None = None
     # Built-in recipes may ask for files from the host's Hearth installation (the
     # interpreter server); users' files come as uploaded tars named by filesHash.
     host_files: dict[str, str] = field(default_factory=dict)
@@ -116,6 +119,7 @@ class Recipe:
             "force": self.force,
             "cpuCount": self.cpu_count,
             "memoryMB": self.memory_mb,
+            **({"diskSizeMB": self.disk_mb} if self.disk_mb is not None else {}),
             "hostFiles": self.host_files,
         }
 
@@ -135,11 +139,14 @@ class Recipe:
             force=bool(data.get("force")),
             cpu_count=int(data.get("cpuCount") or 2),
             memory_mb=int(data.get("memoryMB") or 512),
+            disk_mb=int(data["diskSizeMB"]) if data.get("diskSizeMB") else None,
             host_files=dict(data.get("hostFiles") or {}),
         )
 
     @classmethod
-    def from_build_request(cls, body: dict[str, Any], *, cpu_count: int, memory_mb: int) -> Recipe:
+    def from_build_request(
+        cls, body: dict[str, Any], *, cpu_count: int, memory_mb: int, disk_mb: int | None = None
+    ) -> Recipe:
         """The recipe of `POST /v2/templates/{id}/builds/{buildID}` (`TemplateBuildStartV2`).
         RecipeError for a body the SDK would not send."""
         image, template = body.get("fromImage"), body.get("fromTemplate")
@@ -159,4 +166,5 @@ class Recipe:
             force=bool(body.get("force", False)),
             cpu_count=cpu_count,
             memory_mb=memory_mb,
+            disk_mb=disk_mb,
         )
