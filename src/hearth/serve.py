@@ -397,6 +397,7 @@ async def _warm(node: Node, store: Store, sizes: Mapping[str, int]) -> None:
                 cpu_count=build.cpu_count,
                 memory_mb=build.memory_mb,
                 size=size,
+                disk_mb=build.disk_size_mb or None,
             )
         except Exception as e:  # noqa: BLE001 - the pool only speeds creates up
             log.warning("could not keep %s sandboxes ready: %s", name, e)

@@ -122,14 +122,14 @@ async def _envs(address, token: str | None) -> httpx.Response:
 
 
 @contextlib.asynccontextmanager
-async def _pool_node(started: Started, size: int = 2) -> AsyncIterator:
+async def _pool_node(started: Started, size: int = 2, disk_mb: int | None = None) -> AsyncIterator:
     from hearth.node.local import LocalNode
 
     # Not under pytest's tmp_path: its parents are private to root.
     data_dir = Path(tempfile.mkdtemp(prefix="hearth-node-pool-"))
     node = LocalNode(data_dir)
     try:
-        await node.warm(KIND, size=size, **SHAPE)
+        await node.warm(KIND, size=size, disk_mb=disk_mb, **SHAPE)
         await _filled(node, size)
         yield node
     finally:
@@ -193,6 +193,7 @@ async def test_a_create_of_another_shape_starts_cold(started: Started) -> None:
             spec(memory_mb=300),
             spec(cpu_count=2),
             spec(template="debian"),
+            spec(disk_mb=1024),  # the pool's members have the default disk
         ]
         for s in others:
             await node.create(s)
@@ -201,6 +202,24 @@ async def test_a_create_of_another_shape_starts_cold(started: Started) -> None:
         assert _waiting(node.data_dir) == member
         for s in others:
             await node.kill(s.sandbox_id)
+
+
+async def test_a_pool_of_a_templates_disk_size_serves_creates_of_that_size(
+    started: Started,
+) -> None:
+    async with _pool_node(started, size=1, disk_mb=1024) as node:
+        (member,) = _waiting(node.data_dir)
+        default = spec()
+        await node.create(default)
+        assert _records(node.data_dir)[default.sandbox_id].get("pooled") is False
+        token = secrets.token_urlsafe(16)
+        sized = spec(disk_mb=1024, envd_access_token=token)
+        address = await node.create(sized)
+        assert _records(node.data_dir)[member].get("claimed_as") == sized.sandbox_id
+        size_kib = int((await _run(address, token, "df -k / | tail -1")).split()[1])
+        assert 1024 * 1024 * 0.85 < size_kib <= 1024 * 1024
+        for s in (default, sized):
+            assert await node.kill(s.sandbox_id)
 
 
 async def test_a_dead_member_is_never_handed_out(started: Started) -> None:

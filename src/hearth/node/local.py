@@ -318,9 +318,9 @@ class LocalNode:
         try:
             spec = replace(spec, artifact=await self._artifact(spec))
             assert spec.artifact is not None
-            # The pool's members have the default disk (their shape names none).
-            pooled = self._pool is not None and (spec.disk_mb or DEFAULT_SIZE_MB) == DEFAULT_SIZE_MB
-            sandbox = await self._pool.take(spec.artifact.key, spec) if pooled else None
+            # A member is taken only by a create of its shape (vCPUs, memory and disk).
+            pool = self._pool
+            sandbox = await pool.take(spec.artifact.key, spec) if pool is not None else None
             if sandbox is None:
                 # A saved state holds its disk: the layers only say what it was made of.
                 layers = [] if spec.artifact.saved else self._layer_paths(spec.artifact)
@@ -509,6 +509,7 @@ class LocalNode:
         cpu_count: int,
         memory_mb: int,
         size: int,
+        disk_mb: int | None = None,
     ) -> None:
         """Keep `size` sandboxes of the template (its `artifact`, else the built-in
         `template_id`) started ahead of the creates of that shape (internet allowed),
@@ -527,7 +528,15 @@ class LocalNode:
                     self._unpool(kind)
             self._pool_artifacts[artifact.key] = artifact
             self._pool_templates[artifact.key] = template_id
-            self._pool.configure(PoolShape(artifact.key, template_id, cpu_count, memory_mb, size))
+            shape = PoolShape(
+                artifact.key,
+                template_id,
+                cpu_count,
+                memory_mb,
+                size,
+                disk_mb or DEFAULT_SIZE_MB,
+            )
+            self._pool.configure(shape)
         elif size > 0:
             self._background(self._warm_runtime(artifact, cpu_count, memory_mb))
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from hearth.node.disk.overlay_disk import DEFAULT_SIZE_MB
 from hearth.node.interface import SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,15 @@ class PoolShape:
     cpu_count: int
     memory_mb: int
     size: int
+    disk_mb: int = DEFAULT_SIZE_MB
 
     def fits(self, spec: SandboxSpec) -> bool:
         """Whether a create of `spec` (of this kind) may take a member."""
-        return spec.cpu_count == self.cpu_count and spec.memory_mb == self.memory_mb
+        return (
+            spec.cpu_count == self.cpu_count
+            and spec.memory_mb == self.memory_mb
+            and (spec.disk_mb or DEFAULT_SIZE_MB) == self.disk_mb
+        )
 
     def member_spec(self) -> SandboxSpec:
         # Its own id (never the API's: a restarted node removes it unless claimed).
@@ -63,6 +69,7 @@ class PoolShape:
             template_id=self.template_id,
             cpu_count=self.cpu_count,
             memory_mb=self.memory_mb,
+            disk_mb=self.disk_mb,
         )
 
 
