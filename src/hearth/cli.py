@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import httpx
     from e2b import LogEntry
 
-    from hearth.store import Store, Team
+    from hearth.store import Store, Team, TeamLimits
 
 ENVD_DEFAULT_PORT = 49983
 DEFAULT_API_URL = "http://localhost:3000"  # `hearth serve`'s, as E2B_API_URL says it
@@ -109,6 +109,31 @@ def main(argv: list[str] | None = None) -> None:
         help="do not add the local CA to this machine's trust store",
     )
     serve.set_defaults(run=_serve)
+
+    teams = commands.add_parser(
+        "teams",
+        help="create and list teams, and set their limits",
+        description="Teams own sandboxes, templates and keys; each sees only its own.",
+    )
+    team_commands = teams.add_subparsers(dest="teams_command", required=True, metavar="COMMAND")
+    limits = argparse.ArgumentParser(add_help=False)
+    for flag, what in TEAM_LIMIT_FLAGS.items():
+        limits.add_argument(
+            f"--{flag}", type=_limit, metavar="N", help=f"{what} (0: no limit; 'default')"
+        )
+    team_create = team_commands.add_parser(
+        "create", parents=[limits], help="create a team (then: hearth keys create --team NAME)"
+    )
+    team_create.add_argument("name", metavar="NAME")
+    team_create.set_defaults(run=_teams_create)
+    team_commands.add_parser("list", help="list teams and their limits").set_defaults(
+        run=_teams_list
+    )
+    team_set = team_commands.add_parser(
+        "set", parents=[limits], help="change a team's limits (others stay as they are)"
+    )
+    team_set.add_argument("name", metavar="NAME")
+    team_set.set_defaults(run=_teams_set)
 
     keys = commands.add_parser(
         "keys",
@@ -517,6 +542,97 @@ def _print_instructions(what: str, port: int) -> None:
         lines.append(f"  export E2B_SANDBOX_URL={url}")
     lines.append("Ctrl-C stops it and removes everything it created.")
     print("\n".join(lines), flush=True)
+
+
+# `hearth teams` flags -> what they bound; each is a `TeamLimits` field (dashes for
+# underscores). Unset: the server's default for every team.
+TEAM_LIMIT_FLAGS = {
+    "concurrent-sandboxes": "running sandboxes at once",
+    "starts-per-second": "sandbox creates per second",
+    "vcpus": "vCPUs of its running sandboxes together",
+    "memory-mb": "MiB of memory of its running sandboxes together",
+    "max-timeout": "seconds a sandbox may be given at a time",
+}
+_DEFAULT = -1  # `--flag default`: back to the server's
+
+
+def _limit(text: str) -> int:
+    if text == "default":
+        return _DEFAULT
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a limit is 0 (none) or more, or 'default'")
+    return value
+
+
+def _limits_of(args: argparse.Namespace, limits: TeamLimits) -> TeamLimits:
+    from dataclasses import replace
+
+    given = {}
+    for flag in TEAM_LIMIT_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            given[flag.replace("-", "_")] = None if value == _DEFAULT else value
+    return replace(limits, **given)
+
+
+def _describe_limits(limits: TeamLimits) -> str:
+    own = limits.to_json()
+    return ", ".join(f"{k.replace('_', '-')}={v}" for k, v in own.items()) or "server defaults"
+
+
+def _teams_create(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hearth import store
+    from hearth.config import settings
+    from hearth.store import Conflict, TeamLimits
+
+    async def create() -> int:
+        async with await store.open(settings().database_url) as opened:
+            try:
+                team = await opened.create_team(args.name)
+            except Conflict:
+                return _error(f"a team named {args.name!r} exists", 1)
+            limits = _limits_of(args, TeamLimits())
+            await opened.set_team_limits(team.id, limits)
+        print(team.id)
+        print(
+            f"hearth: created team {team.name} ({_describe_limits(limits)});"
+            f" make its first key with: hearth keys create --team {team.name}",
+            file=sys.stderr,
+        )
+        return 0
+
+    return asyncio.run(create())
+
+
+def _teams_list(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hearth import store
+    from hearth.config import settings
+
+    async def show() -> int:
+        async with await store.open(settings().database_url) as opened:
+            rows = [("ID", "NAME", "CREATED", "LIMITS")]
+            for team in await opened.list_teams():
+                limits = _describe_limits(team.limits)
+                rows.append((team.id, team.name, _when(team.created_at), limits))
+        _print_table(rows)
+        return 0
+
+    return asyncio.run(show())
+
+
+def _teams_set(args: argparse.Namespace) -> int:
+    async def change(opened: Store, team: Team) -> int:
+        limits = _limits_of(args, team.limits)
+        await opened.set_team_limits(team.id, limits)
+        print(f"hearth: team {team.name}: {_describe_limits(limits)}", file=sys.stderr)
+        return 0
+
+    return _in_team(args.name, change)
 
 
 def _keys_create(args: argparse.Namespace) -> int:

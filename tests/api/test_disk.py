@@ -114,4 +114,7 @@ def test_a_build_step_is_held_to_its_templates_disk(hearth) -> None:
         alias,
         min_free_disk_mb=EXTRA_MB,
     )
-    assert wait_no_leaks(_node_dir(hearth)) == {}
+    # What is this server's alone (interfaces and cgroups may be another server's).
+    found = wait_no_leaks(_node_dir(hearth))
+    mine = ("sandbox dirs", "loop devices", "mounts (any namespace)", "netns pins")
+    assert {k: v for k, v in found.items() if k in mine} == {}, found

@@ -270,15 +270,19 @@ async def test_a_snapshot_of_a_sandbox_with_data_starts_sandboxes_with_disks_of_
     assert wait_no_leaks(node.data_dir) == {}
 
 
-async def test_a_build_sandbox_is_bounded_and_commits_its_layer_off_its_disk(node) -> None:
+@pytest.mark.parametrize("disk_mb", [None, 1024])  # a built-in's bound; a template's
+async def test_a_build_sandbox_is_bounded_and_commits_its_layer_off_its_disk(
+    node, disk_mb: int | None
+) -> None:
     from hearth.node.local import BUILD_DISK_MB
 
     artifact = await node.builtin("busybox")
-    build = await node._open_build_sandbox(node._layer_paths(artifact), 1, 256)
+    build = await node._open_build_sandbox(node._layer_paths(artifact), 1, 256, disk_mb)
     dest = node.data_dir / f"commit-{secrets.token_hex(4)}"
+    bound = disk_mb or BUILD_DISK_MB
     try:
         size, _ = await _df_kib(build.url)
-        assert BUILD_DISK_MB * 1024 * 0.85 < size <= BUILD_DISK_MB * 1024
+        assert bound * 1024 * 0.85 < size <= bound * 1024
         await _ok(build.url, "mkdir -p /opt/made && echo built > /opt/made/file")
         await build.commit(dest)
         # The step's changes, owned by the ids they had inside (root: the host's 0).

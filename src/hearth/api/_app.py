@@ -21,7 +21,7 @@ from hearth.api._settings import ApiSettings
 from hearth.api._snapshots import Snapshots
 from hearth.api._templates import Templates
 from hearth.api._uploads import UPLOAD_PATH
-from hearth.api.routes import health, sandboxes, snapshots, templates
+from hearth.api.routes import access, health, sandboxes, snapshots, templates
 from hearth.node.interface import Node
 from hearth.store import Store
 
@@ -91,7 +91,7 @@ def _routed(lifespan: Any) -> FastAPI:
         redoc_url=None,
     )
     _errors.install(app)
-    for module in (health, sandboxes, snapshots, templates):
+    for module in (access, health, sandboxes, snapshots, templates):
         app.include_router(module.router)
     _openapi.install(app)
     return app

@@ -39,11 +39,19 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class ApiError(Exception):
     """An answer other than success; `retry` is the `Should-Retry` header's value."""
 
-    def __init__(self, status: int, message: str, *, retry: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry = retry
+        self.headers = dict(headers or {})
 
 
 def sandbox_not_found(sandbox_id: str) -> ApiError:
@@ -62,7 +70,7 @@ def error_response(
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, retry=exc.retry)
+    return error_response(exc.status, exc.message, retry=exc.retry, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

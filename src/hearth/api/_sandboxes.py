@@ -34,6 +34,7 @@ from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import new_id
 from hearth.api._network import egress_from, egress_of
+from hearth.api._quota import Quota, StartWindow
 from hearth.api._settings import ApiSettings
 from hearth.api._templates import forget_artifacts, ready_build
 from hearth.node.interface import (
@@ -106,7 +107,9 @@ class Sandboxes:
         self._live = live
         self._client_id = hashlib.sha256(settings.node_id.encode()).hexdigest()[:8]
         self._team_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._starting: defaultdict[str, int] = defaultdict(int)
+        # What each team's starts hold while they start: sandboxes, vCPUs, MiB.
+        self._starting: defaultdict[str, tuple[int, int, int]] = defaultdict(lambda: (0, 0, 0))
+        self._start_window = StartWindow()
         self._idempotent: dict[tuple[str, str], tuple[float, asyncio.Future[Sandbox]]] = {}
         self._wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
@@ -146,7 +149,7 @@ class Sandboxes:
         return sandbox
 
     async def _create(self, team: Team, request: CreateRequest) -> Sandbox:
-        self._check_timeout(request.timeout, create=True)
+        self._check_timeout(request.timeout, create=True, team=team)
         if not request.public_traffic and not request.secure:
             raise ApiError(
                 400,
@@ -177,7 +180,8 @@ class Sandboxes:
 
     async def _start(self, team: Team, request: CreateRequest, origin: _Origin) -> Sandbox:
         """Start a sandbox of `origin` for `request` in the team's limit and record it."""
-        async with self._reserve(team.id):
+        self._start_window.admit(team.id, self._quota(team).starts_per_second)
+        async with self._reserve(team, origin.cpu_count, origin.memory_mb):
             sandbox_id = new_id()
             envd_token = secrets.token_urlsafe(32) if request.secure else None
             traffic_token = None if request.public_traffic else secrets.token_urlsafe(32)
@@ -234,34 +238,39 @@ class Sandboxes:
             await self._event(sandbox, "sandbox.created", {"templateID": origin.template_id})
         return sandbox
 
+    def _quota(self, team: Team) -> Quota:
+        return Quota.of(team.limits, self._settings)
+
     @contextlib.asynccontextmanager
-    async def _reserve(self, team_id: str) -> AsyncIterator[None]:
-        """Hold a place in the team's concurrency limit while its sandbox starts (or
-        resumes)."""
-        limit = self._settings.max_concurrent
-        async with self._team_locks[team_id]:
-            if limit:
-                running = await self._store.count_running(team_id) + self._starting[team_id]
-                if running >= limit:
-                    raise ApiError(
-                        429,
-                        f"you have reached the maximum number of concurrent E2B sandboxes"
-                        f" ({limit}). If you need more, please visit"
-                        f" 'https://e2b.dev/docs/billing'",
-                    )
-            self._starting[team_id] += 1
+    async def _reserve(self, team: Team, cpu_count: int, memory_mb: int) -> AsyncIterator[None]:
+        """Hold a place (and the vCPUs and memory) in the team's limits while its
+        sandbox starts (or resumes)."""
+        quota = self._quota(team)
+        held = (1, cpu_count, memory_mb)
+        async with self._team_locks[team.id]:
+            if quota.concurrent or quota.vcpus or quota.memory_mb:
+                running = await self._store.running_totals(team.id)
+                starting = self._starting[team.id]
+                count, vcpus, memory = (a + b for a, b in zip(running, starting, strict=True))
+                quota.check(count, vcpus + cpu_count, memory + memory_mb)
+            self._starting[team.id] = _add(self._starting[team.id], held)
         try:
             yield
         finally:
-            self._starting[team_id] -= 1
+            left = _add(self._starting[team.id], held, sign=-1)
+            if left == (0, 0, 0):
+                del self._starting[team.id]
+            else:
+                self._starting[team.id] = left
 
-    def _check_timeout(self, seconds: int, *, create: bool = False) -> None:
+    def _check_timeout(self, seconds: int, *, team: Team, create: bool = False) -> None:
         if create and seconds <= 0:
             raise ApiError(400, "Timeout must be greater than 0")
         if seconds < 0:
             raise ApiError(400, "Timeout must not be negative")
-        if seconds > self._settings.max_timeout:
-            hours = self._settings.max_timeout / 3600
+        longest = self._quota(team).max_timeout
+        if seconds > longest:
+            hours = longest / 3600
             shown = f"{hours:g}"
             raise ApiError(400, f"Timeout cannot be greater than {shown} hours")
 
@@ -315,7 +324,7 @@ class Sandboxes:
     async def set_timeout(self, team: Team, sandbox_id: str, seconds: int) -> None:
         """`endAt = now + seconds`, in both directions; 0 expires it at once. A paused
         sandbox has no end to set: 404, as infra answers (SDKs 2.0-2.5 resume on it)."""
-        self._check_timeout(seconds)
+        self._check_timeout(seconds, team=team)
         current = await self._store.get_sandbox(team.id, sandbox_id)
         if current is None or current.state is SandboxState.PAUSED:
             raise sandbox_not_found(sandbox_id)
@@ -340,7 +349,7 @@ class Sandboxes:
     ) -> tuple[Sandbox, bool]:
         """A running sandbox's details, its end extended (never shortened) to now +
         seconds; a paused one is resumed first. Returns it and whether it was resumed."""
-        self._check_timeout(seconds)
+        self._check_timeout(seconds, team=team)
         await self._refuse_resume_while_captured(team, sandbox_id)
         async with self._lock(sandbox_id):
             sandbox = await self.get(team, sandbox_id)
@@ -361,7 +370,7 @@ class Sandboxes:
         self, team: Team, sandbox_id: str, seconds: int, memory: bool | None = None
     ) -> Sandbox:
         """The deprecated `POST .../resume`: 409 unless the sandbox is paused."""
-        self._check_timeout(seconds)
+        self._check_timeout(seconds, team=team)
         await self._refuse_resume_while_captured(team, sandbox_id)
         async with self._lock(sandbox_id):
             sandbox = await self.get(team, sandbox_id)
@@ -411,7 +420,9 @@ class Sandboxes:
             metadata=dict(sandbox.metadata),
         )
         try:
-            async with self._reserve(sandbox.team_id):
+            team = await self._store.get_team(sandbox.team_id)
+            assert team is not None  # a sandbox's team outlives it
+            async with self._reserve(team, sandbox.cpu_count, sandbox.memory_mb):
                 await self._node.resume(spec)
                 if memory is False and sandbox.pause_memory:
                     await self._reboot(spec)
@@ -585,13 +596,13 @@ class Sandboxes:
             raise ApiError(400, "Count must be at least 1")
         if count > MAX_FORK_COUNT:
             raise ApiError(400, f"Count cannot be greater than {MAX_FORK_COUNT}")
-        limit = self._settings.max_concurrent
+        limit = self._quota(team).concurrent
         if limit and count >= limit:  # the source holds a place too
             raise ApiError(
                 400,
                 f"Count must be lower than the maximum number of concurrent sandboxes ({limit})",
             )
-        self._check_timeout(timeout, create=True)
+        self._check_timeout(timeout, create=True, team=team)
         source, artifact = await self.capture(team, sandbox_id, memory=True, fork=True)
         request = CreateRequest(
             template=source.template_id,
@@ -754,3 +765,7 @@ class Sandboxes:
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _add(a: tuple[int, int, int], b: tuple[int, int, int], sign: int = 1) -> tuple[int, int, int]:
+    return (a[0] + sign * b[0], a[1] + sign * b[1], a[2] + sign * b[2])

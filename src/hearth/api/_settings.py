@@ -17,8 +17,12 @@ class ApiSettings(BaseModel):
     node_id: str = "local"
     envd_version: str = ENVD_VERSION
     max_timeout: int = Field(24 * 3600, ge=1)  # seconds a sandbox may be given at a time
-    # Running sandboxes per team; 0: no limit.
+    # What each team may hold and do unless its own limits say otherwise (`hearth teams
+    # set`); 0: no limit. Running sandboxes; their vCPUs and MiB; creates per second.
     max_concurrent: int = Field(100, ge=0)
+    max_vcpus: int = Field(0, ge=0)
+    max_memory_mb: int = Field(0, ge=0)
+    max_starts_per_second: int = Field(0, ge=0)
     # Snapshots (their templates) a team may keep; 0: no limit.
     max_snapshots: int = Field(100, ge=0)
     # Resources of a sandbox whose template names none.

@@ -18,6 +18,7 @@ from hearth.store._records import (
     SandboxState,
     StoreError,
     Team,
+    TeamLimits,
     Template,
     TemplateTag,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Team",
+    "TeamLimits",
     "Template",
     "TemplateTag",
     "hash_api_key",

@@ -15,10 +15,26 @@ class SandboxState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class TeamLimits:
+    """What one team may hold at once and how fast it may start sandboxes. None: the
+    server's default; 0: no limit."""
+
+    concurrent_sandboxes: int | None = None
+    starts_per_second: int | None = None
+    vcpus: int | None = None  # of its running sandboxes together
+    memory_mb: int | None = None  # of its running sandboxes together
+    max_timeout: int | None = None  # seconds a sandbox may be given at a time
+
+    def to_json(self) -> dict[str, int]:
+        return {k: v for k in self.__slots__ if (v := getattr(self, k)) is not None}
+
+
+@dataclass(frozen=True, slots=True)
 class Team:
     id: str
     name: str
     created_at: datetime
+    limits: TeamLimits = TeamLimits()
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,17 @@ class SandboxStore(StoreBase):
         async with self._read() as conn:
             return (await conn.execute(query)).scalar_one()
 
+    async def running_totals(self, team_id: str) -> tuple[int, int, int]:
+        """The team's running sandboxes: how many, and their vCPUs and MiB together."""
+        query = sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(sandboxes.c.cpu_count), 0),
+            sa.func.coalesce(sa.func.sum(sandboxes.c.memory_mb), 0),
+        ).where(sandboxes.c.team_id == team_id, sandboxes.c.state == SandboxState.RUNNING.value)
+        async with self._read() as conn:
+            count, vcpus, memory = (await conn.execute(query)).one()
+        return int(count), int(vcpus), int(memory)
+
     async def set_sandbox_state(
         self,
         sandbox_id: str,

@@ -63,6 +63,18 @@ teams = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
+# A team's own limits (`TeamLimits`); a team without a row has the server's defaults.
+team_limits = sa.Table(
+    "team_limits",
+    metadata,
+    sa.Column("team_id", sa.String(36), sa.ForeignKey("teams.id"), primary_key=True),
+    sa.Column("concurrent_sandboxes", sa.Integer()),
+    sa.Column("starts_per_second", sa.Integer()),
+    sa.Column("vcpus", sa.Integer()),
+    sa.Column("memory_mb", sa.Integer()),
+    sa.Column("max_timeout", sa.Integer()),
+)
+
 api_keys = sa.Table(
     "api_keys",
     metadata,

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.store._base import StoreBase, utc_now
 from hearth.store._keys import hash_api_key, is_api_key, new_api_key
-from hearth.store._records import ApiKey, Conflict, Team
-from hearth.store._tables import api_keys, teams
+from hearth.store._records import ApiKey, Conflict, Team, TeamLimits
+from hearth.store._tables import api_keys, team_limits, teams
 
 DEFAULT_TEAM = "default"
 # A key used again within this interval does not rewrite last_used_at: authenticating a
@@ -19,6 +19,16 @@ DEFAULT_TEAM = "default"
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 _KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
+_LIMIT_COLUMNS = [c for c in team_limits.c if c.name != "team_id"]
+# A team with its limits (none set: a row of NULLs, the server's defaults).
+_TEAMS = sa.select(teams, *_LIMIT_COLUMNS).outerjoin(
+    team_limits, team_limits.c.team_id == teams.c.id
+)
+
+
+def _team(row: sa.Row) -> Team:
+    limits = TeamLimits(**{c.name: row._mapping[c.name] for c in _LIMIT_COLUMNS})
+    return Team(id=row.id, name=row.name, created_at=row.created_at, limits=limits)
 
 
 class TeamStore(StoreBase):
@@ -29,13 +39,27 @@ class TeamStore(StoreBase):
 
     async def get_team(self, team_id: str) -> Team | None:
         async with self._read() as conn:
-            row = (await conn.execute(sa.select(teams).where(teams.c.id == team_id))).first()
-        return Team(**row._mapping) if row else None
+            row = (await conn.execute(_TEAMS.where(teams.c.id == team_id))).first()
+        return _team(row) if row else None
 
     async def get_team_by_name(self, name: str) -> Team | None:
         async with self._read() as conn:
-            row = (await conn.execute(sa.select(teams).where(teams.c.name == name))).first()
-        return Team(**row._mapping) if row else None
+            row = (await conn.execute(_TEAMS.where(teams.c.name == name))).first()
+        return _team(row) if row else None
+
+    async def list_teams(self) -> list[Team]:
+        async with self._read() as conn:
+            rows = await conn.execute(_TEAMS.order_by(teams.c.created_at, teams.c.name))
+        return [_team(row) for row in rows]
+
+    async def set_team_limits(self, team_id: str, limits: TeamLimits) -> None:
+        """Replace the team's limits (fields left None go back to the server's)."""
+        async with self._write() as conn:
+            await conn.execute(sa.delete(team_limits).where(team_limits.c.team_id == team_id))
+            if limits.to_json():
+                await conn.execute(
+                    sa.insert(team_limits).values(team_id=team_id, **limits.to_json())
+                )
 
     async def ensure_default_team(self) -> tuple[Team, str | None]:
         """The team a single-user installation works in, and on the very first start
@@ -47,13 +71,13 @@ class TeamStore(StoreBase):
             async with self._write() as conn:
                 first = (
                     await conn.execute(
-                        sa.select(teams)
-                        .order_by((teams.c.name == DEFAULT_TEAM).desc(), teams.c.created_at)
-                        .limit(1)
+                        _TEAMS.order_by(
+                            (teams.c.name == DEFAULT_TEAM).desc(), teams.c.created_at
+                        ).limit(1)
                     )
                 ).first()
                 if first:
-                    return Team(**first._mapping), None
+                    return _team(first), None
                 team = await _insert_team(conn, DEFAULT_TEAM)
                 key, _ = await _insert_api_key(conn, team.id, DEFAULT_TEAM)
                 return team, key
@@ -80,7 +104,7 @@ class TeamStore(StoreBase):
         if not is_api_key(key):
             return None
         query = (
-            sa.select(teams, api_keys.c.id.label("key_id"), api_keys.c.last_used_at)
+            _TEAMS.add_columns(api_keys.c.id.label("key_id"), api_keys.c.last_used_at)
             .join(api_keys, api_keys.c.team_id == teams.c.id)
             .where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None))
         )
@@ -96,7 +120,7 @@ class TeamStore(StoreBase):
                     .where(api_keys.c.id == row.key_id)
                     .values(last_used_at=used_at)
                 )
-        return Team(id=row.id, name=row.name, created_at=row.created_at)
+        return _team(row)
 
     async def list_api_keys(self, team_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
         query = sa.select(*_KEY_COLUMNS).where(api_keys.c.team_id == team_id)
@@ -105,6 +129,20 @@ class TeamStore(StoreBase):
         async with self._read() as conn:
             rows = await conn.execute(query.order_by(api_keys.c.created_at, api_keys.c.id))
         return [ApiKey(**row._mapping) for row in rows]
+
+    async def rename_api_key(self, team_id: str, key_id: str, name: str) -> bool:
+        """Rename one of the team's live keys; False if it has no such key."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(api_keys)
+                .where(
+                    api_keys.c.id == key_id,
+                    api_keys.c.team_id == team_id,
+                    api_keys.c.revoked_at.is_(None),
+                )
+                .values(name=name)
+            )
+        return result.rowcount == 1
 
     async def revoke_api_key(self, team_id: str, key_id: str) -> bool:
         """Revoke one of the team's keys; False if it has no such live key."""
