@@ -15,6 +15,7 @@ envd: setup envd-bundle
 test: setup envd-bundle
 	uv run ruff check .
 	uv run ruff format --check .
+	uv run mypy
 	uv run hearth template build base
 	uv run hearth template build code-interpreter-v1
 	uv run pytest -q
@@ -22,6 +23,7 @@ test: setup envd-bundle
 lint:
 	uv run ruff check .
 	uv run ruff format --check .
+	uv run mypy
 
 format:
 	uv run ruff check --fix .

@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     import httpx
-    from e2b import LogEntry
+    from e2b import LogEntry, TemplateClass
 
     from hearth.store import Store, Team, TeamLimits
 
@@ -306,11 +306,12 @@ def _build_dockerfile(args: argparse.Namespace) -> int:
         )
 
     try:
-        template = Template(file_context_path=context).from_dockerfile(str(dockerfile))
+        builder = Template(file_context_path=context).from_dockerfile(str(dockerfile))
+        template: TemplateClass = builder
         if args.start_cmd:
-            template = template.set_start_cmd(args.start_cmd, args.ready_cmd)
+            template = builder.set_start_cmd(args.start_cmd, args.ready_cmd)
         elif args.ready_cmd:
-            template = template.set_ready_cmd(args.ready_cmd)
+            template = builder.set_ready_cmd(args.ready_cmd)
         info = Template.build(
             template,
             args.name,
@@ -407,7 +408,7 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

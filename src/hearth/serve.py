@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
@@ -43,6 +43,11 @@ from hearth.template.artifact import Artifact
 from hearth.template.recipe import Recipe
 from hearth.tls import LocalCA, certificate_context
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from hearth.node.local import RuntimeKind
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -60,7 +65,7 @@ class ServeOptions:
     # Base domains of `{port}-{id}.{domain}` hosts; the first is the one advertised.
     # Empty: `localhost:PORT`, which browsers and curl resolve to this machine.
     domains: tuple[str, ...] = ()
-    runtime: str = "container"
+    runtime: RuntimeKind = "container"
     proxy_port: int | None = None  # an extra proxy-only listener
     database_url: str | None = None  # default: SQLite in data_dir
     max_timeout: int = 24 * 3600
@@ -156,8 +161,8 @@ async def serve(
         # Container and microVM sandboxes outlive a restart of the server and are
         # adopted by the next start; isolated ones cannot, so they are stopped.
         detach = getattr(node, "detach", None)
-        keep = options.runtime in ("container", "microvm") and detach is not None
-        stack.push_async_callback(detach if keep else node.close)
+        keep = options.runtime in ("container", "microvm")
+        stack.push_async_callback(detach if keep and detach is not None else node.close)
 
         settings = ApiSettings(
             max_timeout=options.max_timeout,
@@ -344,7 +349,7 @@ async def _start_node(
 
     node = LocalNode(
         data_dir / "node",
-        runtime=options.runtime,  # type: ignore[arg-type]
+        runtime=options.runtime,
         ca=ca,
         public_ports=ports,
         dns_servers=list(options.sandbox_dns) or config.settings().sandbox_dns or None,
@@ -388,11 +393,11 @@ async def _warm(node: Node, store: Store, sizes: Mapping[str, int]) -> None:
     for name, size in sizes.items():
         template = await store.find_template(name)
         build = await store.tagged_build(template.template_id) if template else None
-        if size <= 0 or build is None or build.artifact is None:
+        if size <= 0 or template is None or build is None or build.artifact is None:
             continue
         try:
             await warm(
-                template.template_id,  # type: ignore[union-attr]
+                template.template_id,
                 artifact=Artifact.from_json(build.artifact),
                 cpu_count=build.cpu_count,
                 memory_mb=build.memory_mb,
@@ -416,7 +421,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def _start_api(app: object) -> tuple[_Uvicorn, asyncio.Task[None], str]:
+async def _start_api(app: FastAPI) -> tuple[_Uvicorn, asyncio.Task[None], str]:
     """uvicorn on an abstract Unix socket: private to this host's processes that know
     its random name, gone with the process, nothing to clean up on disk."""
     name = f"\0hearth-api-{os.getpid()}-{secrets.token_hex(8)}"
@@ -426,7 +431,7 @@ async def _start_api(app: object) -> tuple[_Uvicorn, asyncio.Task[None], str]:
     sock.setblocking(False)
     server = _Uvicorn(
         uvicorn.Config(
-            app,  # type: ignore[arg-type]
+            app,
             lifespan="on",
             log_level="warning",
             access_log=False,

@@ -168,7 +168,7 @@ class LocalCA:
             with contextlib.suppress(ValueError):
                 conn.context = self.server_context(server_name)
 
-        context.sni_callback = choose  # type: ignore[assignment]
+        context.sni_callback = choose
         with self._lock:
             if len(self._sni) >= SNI_CACHE and key not in self._sni:
                 self._sni.pop(next(iter(self._sni)))

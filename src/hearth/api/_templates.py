@@ -389,8 +389,8 @@ async def ready_build(
     if build is None or build.artifact is None:
         if name.tag is not None and await store.get_tag(template.template_id, name.tag) is None:
             raise ApiError(404, f"tag '{name.tag}' of template '{name.alias}' not found")
-        builds = await store.list_builds(template.template_id)
-        latest = f" (its latest build is {builds[0].status})" if builds else ""
+        history = await store.list_builds(template.template_id)
+        latest = f" (its latest build is {history[0].status})" if history else ""
         raise ApiError(404, f"template '{ref}' not found: it has no ready build{latest}")
     alias = name.alias if name.alias in template.aliases else (template.aliases or (None,))[0]
     return template, build, alias

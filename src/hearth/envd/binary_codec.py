@@ -9,13 +9,18 @@ until the first conversion: importing this module is free.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from hearth.envd.errors import RpcError
 
+if TYPE_CHECKING:
+    from protobuf import Message
+
 # "process.StartRequest" -> its generated message class; filled on first use.
-_CLASSES: dict[str, type] = {}
+_CLASSES: dict[str, type[Message]] = {}
 
 
-def _message_class(type_name: str) -> type:
+def _message_class(type_name: str) -> type[Message]:
     """The generated class of the fully qualified message `type_name`.
 
     The proto package names the generated module: `pkg.Msg` lives in
@@ -56,7 +61,7 @@ def decode(type_name: str, data: bytes) -> dict:
         value = message_to_json_value(message)
     except (ValueError, TypeError, OverflowError) as e:
         raise RpcError("invalid_argument", f"invalid {type_name} message: {e}") from e
-    return value
+    return cast(dict, value)  # a message's JSON value is always an object
 
 
 def encode(type_name: str, payload: dict) -> bytes:

@@ -11,6 +11,7 @@ import json
 import re
 import struct
 from collections.abc import Callable, Iterator
+from typing import overload
 
 from hearth.envd.context import Context
 from hearth.envd.errors import CONNECT_STATUS, RpcError
@@ -25,6 +26,10 @@ MAP_FIELDS = frozenset({"envs", "metadata"})
 _SNAKE = re.compile(r"_([a-z0-9])")
 
 
+@overload
+def camel_keys(value: dict) -> dict: ...
+@overload
+def camel_keys(value: object) -> object: ...
 def camel_keys(value: object) -> object:
     """Fold snake_case message keys to lowerCamelCase (proto-JSON accepts both)."""
     if isinstance(value, dict):

@@ -11,7 +11,9 @@ from hearth.envd.users import User
 @dataclass
 class Context:
     state: EnvdState
-    user: User  # from `Authorization: Basic base64("<name>:")`, else the default user
+    # From `Authorization: Basic base64("<name>:")`, else the default user; None on
+    # /files, whose handlers resolve the `username` parameter themselves.
+    user: User | None
     headers: dict[str, str]  # lower-cased names
     timeout_ms: int | None  # Connect-Timeout-Ms, None when absent or 0
     # time.monotonic() at which the call's deadline passes, fixed when the request

@@ -697,7 +697,7 @@ def write_file(
 
 
 def _uploaded(path: str, metadata: dict[str, str]) -> dict:
-    entry = {"path": path, "name": os.path.basename(path), "type": "file"}
+    entry: dict[str, object] = {"path": path, "name": os.path.basename(path), "type": "file"}
     if metadata:
         entry["metadata"] = dict(metadata)
     return entry
@@ -711,7 +711,7 @@ def post_files(req: Request, ctx: Context) -> Response:
     encoding = req.headers.get("content-encoding", "")
     coding = encoding.partition(";")[0].strip().lower()
     if coding in ("", "identity"):
-        reader = _Plain(req.body)
+        reader: _Plain | GunzipReader = _Plain(req.body)
     elif coding == "gzip":
         reader = GunzipReader(req.body)
         try:

@@ -17,6 +17,7 @@ from hearth.envd.users import User
 
 def resolve(ctx: Context, path: str) -> str:
     """The absolute path a request means (Go's permissions.ExpandAndResolve)."""
+    assert ctx.user is not None, "an RPC's context always has its caller's user"
     return expand_for(ctx.user, path, ctx.state.default_workdir)
 
 
@@ -91,6 +92,7 @@ def make_dir(ctx: Context, req: dict) -> dict:
         if st.S_ISDIR(info.st_mode):
             raise RpcError("already_exists", f"directory already exists: {path}")
         raise RpcError("invalid_argument", f"path already exists but it is not a directory: {path}")
+    assert ctx.user is not None, "an RPC's context always has its caller's user"
     try:
         ensure_dirs(path, ctx.user.uid, ctx.user.gid)
     except EnsureDirsError as e:
@@ -101,6 +103,7 @@ def make_dir(ctx: Context, req: dict) -> dict:
 def move(ctx: Context, req: dict) -> dict:
     source = resolve(ctx, req.get("source") or "")
     destination = resolve(ctx, req.get("destination") or "")
+    assert ctx.user is not None, "an RPC's context always has its caller's user"
     try:
         ensure_dirs(os.path.dirname(destination), ctx.user.uid, ctx.user.gid)
     except EnsureDirsError as e:

@@ -12,6 +12,7 @@ import json
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, TypeGuard
 from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -236,37 +237,50 @@ def read_request(conn: Connection) -> Request | None:
     )
 
 
+class _FileRange(Protocol):
+    """A streamed body that is bytes [offset, offset+length) of an open file."""
+
+    file: BinaryIO
+    offset: int
+    length: int
+
+
+def _is_file_range(body: object) -> TypeGuard[_FileRange]:
+    return getattr(body, "length", None) is not None
+
+
 def write_response(conn: Connection, resp: Response, head_only: bool = False) -> None:
     """Send `resp`; an iterable body goes out chunked, flushed piece by piece."""
     status_line = f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}\r\n"
     names = {k.lower() for k, _ in resp.headers}
     headers = list(resp.headers)
-    streamed = not isinstance(resp.body, bytes | bytearray)
+    body = resp.body
     # A body that is a range of an open file goes out with sendfile(2), unchunked.
-    sendfile = streamed and getattr(resp.body, "length", None) is not None
-    if sendfile:
-        headers.append(("Content-Length", str(resp.body.length)))
-    elif streamed:
+    region = body if _is_file_range(body) else None
+    if region is not None:
+        headers.append(("Content-Length", str(region.length)))
+    elif not isinstance(body, bytes | bytearray):
         headers.append(("Transfer-Encoding", "chunked"))
     elif "content-length" not in names and resp.status not in (204, 304):
-        headers.append(("Content-Length", str(len(resp.body))))
+        headers.append(("Content-Length", str(len(body))))
     head = status_line + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
     try:
-        if not streamed:
-            conn.send(head.encode("latin-1") + (b"" if head_only else bytes(resp.body)))
+        if isinstance(body, bytes | bytearray):
+            conn.send(head.encode("latin-1") + (b"" if head_only else bytes(body)))
             return
         conn.send(head.encode("latin-1"))
-        if sendfile:
-            if not head_only and resp.body.length:
-                conn.sock.sendfile(resp.body.file, resp.body.offset, resp.body.length)
+        if region is not None:
+            if not head_only and region.length:
+                conn.sock.sendfile(region.file, region.offset, region.length)
             return
-        for piece in resp.body:
+        for piece in body:
             if piece:
                 conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
         conn.send(b"0\r\n\r\n")
     finally:
-        close = getattr(resp.body, "close", None)
-        if streamed and close:
+        # Only a streamed body has a close(); bytes have none.
+        close = getattr(body, "close", None)
+        if close:
             close()
         if callable(resp.on_close):
             resp.on_close()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import TypedDict
 
 from hearth.envd import paths, rpc
 from hearth.envd.context import Context
@@ -247,8 +248,10 @@ def _pump(proc: Process, table: ProcessTable) -> None:
     if proc.pty_fd is not None:
         fds[proc.pty_fd] = "pty"
     else:
-        fds[proc.popen.stdout.fileno()] = "stdout"
-        fds[proc.popen.stderr.fileno()] = "stderr"
+        stdout, stderr = proc.popen.stdout, proc.popen.stderr
+        assert stdout is not None and stderr is not None, "started without a PTY: both piped"
+        fds[stdout.fileno()] = "stdout"
+        fds[stderr.fileno()] = "stderr"
     pidfd = os.pidfd_open(proc.pid)
     poller = select.poll()
     for fd in fds:
@@ -318,12 +321,13 @@ def _spawn(ctx: Context, req: dict) -> Process:
     cmd = config.get("cmd") or ""
     args = list(config.get("args") or [])
     user = ctx.user
+    assert user is not None, "an RPC's context always has its caller's user"
     cwd = paths.expand(config.get("cwd") or "", user, ctx.state.default_workdir)
     if not os.path.isdir(cwd):
         raise RpcError("invalid_argument", f"cwd '{cwd}' does not exist")
     env = _environment(ctx, user, config.get("envs") or {})
     pty = req.get("pty")
-    ids = {}
+    ids: _Identity = {}
     own_groups = set(os.getgroups()) or {os.getgid()}
     if (user.uid, user.gid) != (os.getuid(), os.getgid()) or set(user.groups) != own_groups:
         # Switching identity makes CPython fork instead of vfork (costly for a parent
@@ -366,6 +370,14 @@ def _spawn(ctx: Context, req: dict) -> Process:
             os.close(pty_fd)
         raise RpcError("internal", f"error starting process '{' '.join([cmd, *args])}': {e}") from e
     return Process(popen, config, req.get("tag"), pty_fd)
+
+
+class _Identity(TypedDict, total=False):
+    """Who Popen starts the process as, when that is not envd's own identity."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
 
 
 def _controlling_tty():

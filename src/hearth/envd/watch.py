@@ -370,9 +370,10 @@ class PolledWatcher:
     def _run(self) -> None:
         import select
 
+        waited: list[DirWatcher | int] = [self.watcher, self.wake_r]
         try:
             while True:
-                ready, _, _ = select.select([self.watcher, self.wake_r], [], [])
+                ready, _, _ = select.select(waited, [], [])
                 if self.wake_r in ready:
                     return
                 events = self.watcher.read_events()

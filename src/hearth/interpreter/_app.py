@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hearth.interpreter._contexts import Context, ContextClosed
@@ -87,8 +87,8 @@ class Interpreter:
             if method == "POST":
                 body = _object(request)
                 cwd = body.get("cwd") or self.default_cwd
-                context = await self.create(normalize(body.get("language")), cwd)
-                return Response.json(context.describe())
+                created = await self.create(normalize(body.get("language")), cwd)
+                return Response.json(created.describe())
             if method == "GET":
                 return Response.json([c.describe() for c in self.contexts.values()])
         match = CONTEXT_PATH.match(path)
@@ -142,12 +142,12 @@ def _object(request: Request) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def _ndjson(lines: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _ndjson(lines: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
     try:
         async for line in lines:
             yield json.dumps(line).encode() + b"\n"
     finally:
-        await lines.aclose()  # type: ignore[attr-defined]
+        await lines.aclose()
 
 
 async def _sandbox_envs(token: str | None) -> dict[str, str]:

@@ -18,7 +18,7 @@ import os
 import pwd
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
@@ -231,7 +231,7 @@ class Context:
             if await manager.is_alive() or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.05)
-        if manager is not self._manager or self._client is None:
+        if manager is None or manager is not self._manager or self._client is None:
             return  # removed meanwhile
         old = self._client
         with contextlib.suppress(Exception):
@@ -283,7 +283,7 @@ class Context:
         code: str,
         env_vars: dict[str, str] | None,
         fetch_envs: Any,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Run `code`, yielding the stream's lines; the last is `end_of_execution`.
 
         `fetch_envs()` gives the sandbox's environment variables, asked for on the
@@ -334,7 +334,7 @@ class Context:
             async for _ in run:
                 pass
 
-    async def _run(self, code: str, silent: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _run(self, code: str, silent: bool) -> AsyncGenerator[dict[str, Any], None]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         msg_id = self._client.execute(
             code, silent=silent, store_history=not silent, allow_stdin=False
@@ -386,7 +386,8 @@ class Context:
             if not finished:
                 await self._interrupt(queue)
             self._waiting.pop(msg_id, None)
-            self._waiting.pop(flush_id, None)
+            if flush_id is not None:
+                self._waiting.pop(flush_id, None)
 
     async def _interrupt(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         """Stop what runs (the client left or timed out) so the next execution can."""

@@ -115,7 +115,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -153,11 +153,12 @@ async def _stream(
     client closing the connection: the producer is cancelled at once rather than at its
     next write, which lets the execution behind it be interrupted promptly.
     """
-    assert response.stream is not None
+    stream = response.stream
+    assert stream is not None
     writer.write(_head(response, ["Transfer-Encoding: chunked"]))
 
     async def produce() -> None:
-        async for chunk in response.stream:  # type: ignore[union-attr]
+        async for chunk in stream:
             if chunk:
                 writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await writer.drain()

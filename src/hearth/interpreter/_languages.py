@@ -70,7 +70,7 @@ def language(name: str) -> Language | None:
     python = sys.executable or "/usr/bin/python3"
     if name == "python":
         # NoColor: tracebacks as plain text, as E2B's kernel config has them.
-        argv = (
+        argv: tuple[str, ...] = (
             *(python, "-c", PYTHON_LAUNCHER, "-f", "{connection_file}"),
             *("--InteractiveShell.colors=NoColor", f"--IPKernelApp.exec_files={STARTUP}"),
         )

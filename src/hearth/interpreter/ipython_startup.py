@@ -111,7 +111,7 @@ def _hearth_setup():
                 with contextlib.suppress(Exception):
                     patch_pil()
 
-            spec.loader.exec_module = exec_and_patch
+            spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
             return spec
 
     if "PIL.Image" in sys.modules:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from hearth.config import settings
 from hearth.node.disk.overlay_disk import DEFAULT_SIZE_MB
@@ -49,6 +50,13 @@ from hearth.template import builtins
 from hearth.template.artifact import Artifact
 from hearth.template.builder import Builder, StartFailed, wait_started
 from hearth.template.layers import LayerStore
+
+if TYPE_CHECKING:
+    from hearth.node.network.egress import EgressProxy
+    from hearth.node.runtime.container import ContainerRuntime
+    from hearth.node.runtime.container.lxcfs import Lxcfs
+    from hearth.node.runtime.isolated import IsolatedEnvd
+    from hearth.tls import LocalCA
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +124,7 @@ class _Runtime(Protocol):
     async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
         """Start a sandbox of `spec` (its artifact set) over the artifact's layers."""
 
-    async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]: ...
+    async def reconcile(self) -> tuple[Mapping[str, _Sandbox], list[str]]: ...
 
     async def capture(
         self, held: _Sandbox | _Paused, artifact: Artifact, memory: bool, layers: LayerStore
@@ -129,7 +137,7 @@ class _Runtime(Protocol):
     async def forget_saved(self, names: list[str]) -> None:
         """Drop saved states, each once no sandbox started from it remains."""
 
-    async def reconcile_paused(self) -> dict[str, _Paused]:
+    async def reconcile_paused(self) -> Mapping[str, _Paused]:
         """The paused sandboxes found at start (called after `reconcile`)."""
 
     async def warm(
@@ -166,7 +174,7 @@ class LocalNode:
         memory_reserve_mb: int | None = None,
         registry_mirror: str | None = None,
         public_ports: tuple[int, ...] = (),
-        ca: object | None = None,
+        ca: LocalCA | None = None,
     ) -> None:
         """`public_ports`: the server's ports sandboxes may reach (another sandbox's
         ports through the proxy); `ca`: the local CA (`hearth.tls.LocalCA`) whose
@@ -194,9 +202,10 @@ class LocalNode:
         self._blocked = blocked_networks if blocked_networks is not None else DEFAULT_BLOCKED
         self._resolvers = sandbox_resolvers(dns_servers)
         self._ca = ca
-        self._egress = None  # the egress proxy, from start() on
+        self._egress: EgressProxy | None = None  # the egress proxy, from start() on
         self._policies: dict[str, Egress] = {}  # slot address -> its policy, for the proxy
-        self._options = {
+        # The drivers' keyword arguments (each takes what concerns it).
+        self._options: dict[str, Any] = {
             "oci_runtime": oci_runtime,
             "network_pool": network_pool,
             "blocked_networks": self._blocked,
@@ -360,6 +369,7 @@ class LocalNode:
         command (an explicit one: E2B's implicit `sleep 20` was waited out by the
         build). A failure stops the sandbox, so a failed create leaves nothing."""
         artifact = spec.artifact
+        assert self.runtime is not None, "started by create()"
         if artifact is None or not artifact.start_cmd or self.runtime.starts_templates:
             return
         address = sandbox.address
@@ -434,7 +444,8 @@ class LocalNode:
             await self.runtime.forget_saved(states)
 
     def _held_artifacts(self) -> list[Artifact]:
-        held = [s.artifact for s in [*self._sandboxes.values(), *self._paused.values()]]
+        holders: list[_Sandbox | _Paused] = [*self._sandboxes.values(), *self._paused.values()]
+        held = [s.artifact for s in holders]
         return [a for a in held if a is not None]
 
     async def _remove_orphans(self) -> list[str]:
@@ -499,6 +510,7 @@ class LocalNode:
             memory_mb=memory_mb,
             disk_mb=disk_mb or BUILD_DISK_MB,
         )
+        assert driver.runtime is not None, "set up"
         return _BuildSandbox(await driver.runtime.start(spec, layers, build=True))
 
     async def warm(
@@ -793,7 +805,7 @@ class _ContainerDriver:
         network_pool: str,
         blocked_networks: tuple[str, ...],
         slot_rules: dict | None = None,
-        **options: object,
+        **options: Any,  # the ContainerRuntime's
     ) -> None:
         self._data_dir = data_dir
         self._bundle_dir = bundle_dir
@@ -802,9 +814,9 @@ class _ContainerDriver:
         self._blocked = blocked_networks
         self._slot_rules = slot_rules or {}
         self._options = options
-        self.runtime = None
+        self.runtime: ContainerRuntime | None = None
         self._adopted_paused: dict[str, _Paused] = {}
-        self.lxcfs = None
+        self.lxcfs: Lxcfs | None = None
 
     async def setup(self) -> None:
         from hearth.node.runtime.container import ContainerRuntime, detect
@@ -836,27 +848,34 @@ class _ContainerDriver:
         self.lxcfs = lxcfs
         daemon = asyncio.ensure_future(lxcfs.start())
         try:
-            self.runtime = await asyncio.to_thread(prepare)
+            runtime = self.runtime = await asyncio.to_thread(prepare)
         except BaseException:
             await asyncio.gather(daemon, return_exceptions=True)
             await lxcfs.close()
             raise
         await daemon
-        lxcfs.on_change = self.runtime.rebind_lxcfs
-        log.info("container runtime: %s (%s)", self.runtime.oci.name, self.runtime.oci.binary)
+        lxcfs.on_change = runtime.rebind_lxcfs
+        log.info("container runtime: %s (%s)", runtime.oci.name, runtime.oci.binary)
 
     async def start(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
+        assert self.runtime is not None, "setup() first"
         return await self.runtime.start(spec, layers)
 
     async def start_pooled(self, spec: SandboxSpec, layers: list[Path]) -> _Sandbox:
+        assert self.runtime is not None, "setup() first"
         return await self.runtime.start(spec, layers, pooled=True)
 
     async def claim(self, sandbox: _Sandbox, spec: SandboxSpec) -> None:
+        from hearth.node.runtime.container import ContainerSandbox
+
+        assert self.runtime is not None, "setup() first"
+        assert isinstance(sandbox, ContainerSandbox), "a pool member this runtime started"
         await self.runtime.claim(sandbox, spec)
 
     async def reconcile(self) -> tuple[dict[str, _Sandbox], list[str]]:
         from hearth.node.runtime.container import PausedContainer
 
+        assert self.runtime is not None and self.lxcfs is not None, "setup() first"
         # Keyed by the API's id: a claimed pool member's own id is not the API's.
         adopted, removed = await self.runtime.reconcile()
         if not self.lxcfs.adopted:
@@ -875,13 +894,16 @@ class _ContainerDriver:
         """The sandbox's files as one more layer. Its memory is not kept: CRIU cannot
         checkpoint on the kernels this runs on, so its creates run the template's start
         command again over the files."""
-        from hearth.node.runtime.container import PausedContainer
+        from hearth.node.runtime.container import ContainerSandbox, PausedContainer
 
+        runtime = self.runtime
+        assert runtime is not None, "setup() first"
         sandbox = held.sandbox if isinstance(held, PausedContainer) else held
+        assert isinstance(sandbox, ContainerSandbox), "the node holds this runtime's own"
         key = "snap" + secrets.token_hex(14)
 
         def capture(fs: Path) -> dict:
-            self.runtime.capture(sandbox, fs)
+            runtime.capture(sandbox, fs)
             return {"snapshot of": sandbox.api_id}
 
         await to_thread_to_the_end(layers.ensure, key, capture)
@@ -906,7 +928,9 @@ class _ContainerDriver:
         that outlive it, or another node process's on the same directory), else stop it."""
         if self.lxcfs is None:
             return
-        if self.runtime is not None and await asyncio.to_thread(self.runtime.running_inits):
+        runtime = self.runtime
+        inits = await asyncio.to_thread(runtime.running_inits) if runtime is not None else []
+        if inits:
             await self.lxcfs.detach()
         else:
             await self.lxcfs.close()
@@ -925,7 +949,7 @@ class _ContainerDriver:
 class _IsolatedSandbox:
     """An isolated envd; with a freezer group (cgroup v1 hosts) it pauses with memory."""
 
-    def __init__(self, envd: object, freezer: _freezer.Freezer | None = None) -> None:
+    def __init__(self, envd: IsolatedEnvd, freezer: _freezer.Freezer | None = None) -> None:
         self._envd = envd
         self._freezer = freezer
         self._frozen = False
@@ -1020,6 +1044,7 @@ class _IsolatedDriver:
             if _freezer.available():
                 freezer = _freezer.Freezer(spec.sandbox_id)
                 sandbox._freezer = freezer
+                assert envd.pid is not None, "envd runs: started above"
                 await asyncio.to_thread(freezer.create, envd.pid)
             await init_envd(f"http://127.0.0.1:{envd.port}", spec)
         except BaseException:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import h11
 
@@ -71,7 +71,8 @@ class Peer:
             except h11.RemoteProtocolError as e:
                 raise Broken(self.side, str(e)) from e
             if event is not h11.NEED_DATA:
-                return event
+                # `is not` does not narrow h11's sentinel types.
+                return cast("h11.Event | type[h11.PAUSED]", event)
             try:
                 data = await self.reader.read(READ_SIZE)
             except OSError:

@@ -320,7 +320,7 @@ class BuildStore(StoreBase):
         names = list(dict.fromkeys(tags))  # one row each: an upsert cannot hit a row twice
         if not names:
             return []
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"template_id": template_id, "tag": tag, "build_id": build_id, "created_at": now}
             for tag in names
         ]

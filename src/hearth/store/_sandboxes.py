@@ -210,7 +210,9 @@ class SandboxStore(StoreBase):
         """Set when a live sandbox times out (it may shorten: `POST .../timeout`), or with
         `only_extend` never move it earlier (`refreshes`, connect). Returns the sandbox
         as it now is, or None if there is no such live sandbox (of that team)."""
-        new_end = sa.bindparam("new_end_at", end_at, type_=UTCDateTime())
+        new_end: sa.ColumnElement[datetime] = sa.bindparam(
+            "new_end_at", end_at, type_=UTCDateTime()
+        )
         if only_extend:
             new_end = sa.case((sandboxes.c.end_at < new_end, new_end), else_=sandboxes.c.end_at)
         return await self._update_live(sandbox_id, team_id, {"end_at": new_end})

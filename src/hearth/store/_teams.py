@@ -83,10 +83,10 @@ class TeamStore(StoreBase):
                 return team, key
         except Conflict:
             # Another process created it between our read and our insert (PostgreSQL).
-            team = await self.get_team_by_name(DEFAULT_TEAM)
-            if team is None:
+            existing = await self.get_team_by_name(DEFAULT_TEAM)
+            if existing is None:
                 raise
-            return team, None
+            return existing, None
 
     # -- API keys ------------------------------------------------------------------------
 

@@ -47,6 +47,5 @@ class Artifact:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | str) -> Artifact:
-        if isinstance(data, str):
-            data = json.loads(data)
-        return cls(**{**data, "layers": tuple(data["layers"])})
+        fields: dict[str, Any] = json.loads(data) if isinstance(data, str) else data
+        return cls(**{**fields, "layers": tuple(fields["layers"])})

@@ -181,6 +181,7 @@ class Builder:
         from hearth.template import oci
 
         assert base.image is not None
+        image = base.image  # narrowed for `pull` below
         mirror = self._mirror
         try:
             reference, _, digest = await asyncio.to_thread(
@@ -199,7 +200,7 @@ class Builder:
 
         def pull(fs: Path) -> dict:
             config = oci.pull(
-                base.image,
+                image,
                 fs,
                 registry=base.registry,
                 mirror=mirror,

@@ -18,11 +18,11 @@ import tarfile
 from pathlib import Path
 
 from hearth.interpreter.java import kernel as java_kernel
-from hearth.template.recipe import Base, Recipe, Step
+from hearth.template.recipe import Base, Recipe, RootKind, Step
 
 BASE = "base"
 CODE_INTERPRETER = "code-interpreter-v1"
-ROOTS = ("busybox", "debian")
+ROOTS: tuple[RootKind, ...] = ("busybox", "debian")
 
 # python-is-python3: `python` is python3, as in E2B's base image (a python:3 image).
 BASE_PACKAGES = (
@@ -63,7 +63,7 @@ def recipe(name: str, files_dir: Path) -> Recipe:
     """The recipe of built-in template `name`; the files it copies are written (once,
     by content) under `files_dir`."""
     if name in ROOTS:
-        return Recipe(base=Base(root=name))  # type: ignore[arg-type]
+        return Recipe(base=Base(root=name))
     if name == BASE:
         return Recipe(
             base=Base(root="debian"),

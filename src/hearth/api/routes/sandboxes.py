@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 from pydantic import AfterValidator
@@ -155,6 +155,14 @@ async def list_sandboxes(
             return [ListedSandbox.of(s) for s in found]
 
 
+class _Filters(TypedDict):
+    """What a listing and its running count are both filtered by."""
+
+    metadata: dict[str, str] | None
+    template: str | None
+    started_after: datetime | None
+
+
 @router.get(
     "/v2/sandboxes",
     responses={
@@ -181,7 +189,7 @@ async def list_sandboxes_v2(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
 ) -> list[ListedSandbox]:
-    filters = {
+    filters: _Filters = {
         "metadata": decode_metadata(metadata) if metadata else None,
         "template": template or None,
         "started_after": decode_time(started_after, "startedAfter"),

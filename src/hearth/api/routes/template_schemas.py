@@ -117,7 +117,7 @@ class BuildLogEntry(BaseModel):
     def of(cls, entry: BuildLogRecord) -> BuildLogEntry:
         return cls(
             timestamp=entry.timestamp,
-            level=entry.level,  # type: ignore[arg-type]
+            level=entry.level,
             message=entry.message,
             step=entry.step,
         )
@@ -148,7 +148,7 @@ class TemplateBuildInfo(BaseModel):
         return cls(
             templateID=build.template_id,
             buildID=build.build_id,
-            status=build.status,  # type: ignore[arg-type]
+            status=build.status,
             logEntries=[BuildLogEntry.of(e) for e in entries],
             logs=[e.message for e in entries],
             reason=reason,
@@ -223,7 +223,7 @@ class TemplateBuild(BaseModel):
     def of(cls, build: Build) -> TemplateBuild:
         return cls(
             buildID=build.build_id,
-            status=build.status,  # type: ignore[arg-type]
+            status=build.status,
             createdAt=build.created_at,
             updatedAt=build.updated_at,
             finishedAt=build.finished_at,

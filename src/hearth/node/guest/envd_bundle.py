@@ -175,7 +175,7 @@ def _sources() -> Iterator[tuple[str, Path]]:
             relative = file.as_posix()
             if relative.startswith("..") or ".dist-info/" in relative or "__pycache__" in relative:
                 continue
-            yield relative, Path(dist.locate_file(file))
+            yield relative, Path(str(dist.locate_file(file)))
 
 
 def _stamp(sources: dict[str, Path]) -> str:

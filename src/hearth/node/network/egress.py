@@ -28,7 +28,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dns.asyncresolver
 import dns.exception
@@ -82,7 +82,7 @@ class _Connection:
     source: str
     sock: socket.socket
     releases: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    client: asyncio.BaseTransport | None = None  # the transport that took over `sock`
+    client: asyncio.Transport | None = None  # the transport that took over `sock`
     handed_off: bool = False  # `sock` belongs to asyncio (its transport closes it)
     route: _Route | None = None
 
@@ -103,7 +103,7 @@ class EgressProxy:
         self,
         policy_of: Callable[[str], Egress | None],
         *,
-        blocked: Sequence[ipaddress.IPv4Network],
+        blocked: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
         nameservers: Sequence[str] = (),
         tls_for: Callable[[str], ssl.SSLContext] | None = None,
         upstream_tls: ssl.SSLContext | None = None,
@@ -280,9 +280,15 @@ class EgressProxy:
             )
             return True
 
-        if headers and hello.protocol == "http":
+        # `headers` come from the name: with headers there is one.
+        if headers and hello.name is not None and hello.protocol == "http":
             await self._relay(conn, candidates, port, routed, None, hello.name, headers)
-        elif headers and hello.protocol == "tls" and self._tls_for is not None:
+        elif (
+            headers
+            and hello.name is not None
+            and hello.protocol == "tls"
+            and self._tls_for is not None
+        ):
             context = self._tls_for(hello.name)
             context.set_alpn_protocols(["http/1.1"])  # the relay speaks HTTP/1.1 only
             await self._relay(conn, candidates, port, routed, context, hello.name, headers)
@@ -479,7 +485,7 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def _abort(transport: asyncio.BaseTransport) -> None:
+def _abort(transport: asyncio.WriteTransport) -> None:
     """Reset a transport's connection, if it is still open."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
@@ -671,7 +677,8 @@ class _HttpRelay:
             else:
                 if isinstance(event, h11.Request):
                     event = self._transformed(event)
-                await _send(up, event, self._server_writer)
+                # Not a sentinel (handled above); `is` does not narrow h11's sentinel types.
+                await _send(up, cast(h11.Event, event), self._server_writer)
                 self._next_cycle()
 
     async def _responses(self) -> None:
@@ -690,7 +697,8 @@ class _HttpRelay:
                 continue
             if isinstance(event, h11.ConnectionClosed):
                 break
-            await _send(down, event, self._client_writer)
+            # Not a sentinel (handled above); `is` does not narrow h11's sentinel types.
+            await _send(down, cast(h11.Event, event), self._client_writer)
             if isinstance(event, h11.EndOfMessage):
                 if down.our_state is not h11.DONE or up.their_state is not h11.DONE:
                     break  # one side asked to close after this response
@@ -753,7 +761,7 @@ async def _host_resolve(name: str) -> list[str]:
     (an IPv6 or IPv4-mapped address would pass around it)."""
     loop = asyncio.get_running_loop()
     found = await loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in found]
+    return [cast(str, info[4][0]) for info in found]  # AF_INET: (host, port)
 
 
 def _dns_resolver(nameservers: Sequence[str]) -> Resolve:

@@ -149,13 +149,13 @@ class NetworkPool:
             for addr in ipr.get_addr(family=2):
                 if addr["index"] not in ours:
                     net = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
-                    found.add(ipaddress.ip_network(net, strict=False))
+                    found.add(ipaddress.IPv4Network(net, strict=False))
             for route in ipr.route("dump", family=2):
                 if route.get_attr("RTA_OIF") in ours or route["dst_len"] == 0:
                     continue
                 dst = route.get_attr("RTA_DST")
                 if dst:
-                    found.add(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+                    found.add(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
         return sorted(found)
 
     # --- slots -----------------------------------------------------------------------

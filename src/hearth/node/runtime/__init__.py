@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from hearth.node.local import RuntimeKind
 
 RUNTIMES = ("auto", "microvm", "container", "isolated")
 
@@ -21,11 +25,11 @@ def hardware_virtualization(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def choose_runtime(requested: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def choose_runtime(requested: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> RuntimeKind:
     """Resolve `auto`: microVMs where they run at hardware speed, containers elsewhere
     (software-emulated VMs are correct but 14-80x slower; pick `microvm` to force them)."""
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
     if requested != "auto":
-        return requested
+        return cast("RuntimeKind", requested)  # one of RUNTIMES (checked above), not auto
     return "microvm" if hardware_virtualization(cpuinfo) else "container"

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 async def to_thread_to_the_end(
-    work: Callable[..., T], *args: object, taken: Callable[[T], None] | None = None
+    work: Callable[..., T], *args: object, taken: Callable[[T], object] | None = None
 ) -> T:
     """asyncio.to_thread, but a cancelled caller still waits for the thread to finish
     before the cancellation propagates, and `taken(result)` runs as soon as the thread

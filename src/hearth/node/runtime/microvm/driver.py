@@ -735,13 +735,15 @@ class MicroVMDriver:
 
     async def capture(
         self,
-        held: MicroVMSandbox | PausedMicroVM,
+        held: object,
         artifact: Artifact,
         memory: bool,
         layers: object,
     ) -> Artifact:
         """`Node.snapshot` on this runtime: the VM's saved state, which creates restore
         (the artifact's layers stay the source's, to say what it was made of)."""
+        # The node's protocol types `held` as any sandbox; it is always one of ours.
+        assert isinstance(held, MicroVMSandbox | PausedMicroVM), "not a microVM sandbox"
         name, kept = await self.snapshot(held, memory)
         return replace(artifact, saved=name, memory=kept)
 
@@ -873,7 +875,7 @@ class MicroVMDriver:
                 self._adopted_paused[record.sandbox_id] = paused
                 continue
             sandbox = await self._adopt(directory, record) if record else None
-            if sandbox is not None:
+            if record is not None and sandbox is not None:
                 adopted[record.sandbox_id] = sandbox
                 continue
             if record and record.qemu_pid:

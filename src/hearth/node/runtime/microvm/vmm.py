@@ -308,7 +308,9 @@ class Vmm:
         delay = 0.001
         while True:
             info = await self.execute("query-migrate")
-            status = info.get("status") if isinstance(info, dict) else None
+            if not isinstance(info, dict):
+                info = {}
+            status = info.get("status")
             if status == "completed":
                 return
             if status in ("failed", "cancelled"):
