@@ -133,30 +133,21 @@ class TeamStore(StoreBase):
     async def rename_api_key(self, team_id: str, key_id: str, name: str) -> bool:
         """Rename one of the team's live keys; False if it has no such key."""
         async with self._write() as conn:
-            result = await conn.execute(
-                sa.update(api_keys)
-                .where(
-                    api_keys.c.id == key_id,
-                    api_keys.c.team_id == team_id,
-                    api_keys.c.revoked_at.is_(None),
-                )
-                .values(name=name)
-            )
+            result = await conn.execute(_live_key(team_id, key_id).values(name=name))
         return result.rowcount == 1
 
     async def revoke_api_key(self, team_id: str, key_id: str) -> bool:
         """Revoke one of the team's keys; False if it has no such live key."""
         async with self._write() as conn:
-            result = await conn.execute(
-                sa.update(api_keys)
-                .where(
-                    api_keys.c.id == key_id,
-                    api_keys.c.team_id == team_id,
-                    api_keys.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=utc_now())
-            )
+            result = await conn.execute(_live_key(team_id, key_id).values(revoked_at=utc_now()))
         return result.rowcount == 1
+
+
+def _live_key(team_id: str, key_id: str) -> sa.Update:
+    """An update of one of the team's keys that is not revoked."""
+    return sa.update(api_keys).where(
+        api_keys.c.id == key_id, api_keys.c.team_id == team_id, api_keys.c.revoked_at.is_(None)
+    )
 
 
 async def _insert_team(conn: AsyncConnection, name: str) -> Team:
