@@ -50,6 +50,14 @@ class Settings:
     # allowed domains with (HEARTH_SANDBOX_DNS, comma-separated IPv4 addresses). Empty:
     # the host's own (/etc/resolv.conf), unless that is a loopback stub.
     sandbox_dns: list[str] = field(default_factory=list)
+    # The bearer token `GET /metrics` asks for (HEARTH_METRICS_TOKEN); None: none.
+    metrics_token: str | None = None
+    # Where traces go: the OTLP/HTTP URL of a collector's traces, from the standard
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces.
+    # None (neither set, OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none): no traces.
+    otlp_traces_endpoint: str | None = None
+    # The service.name of its spans (OTEL_SERVICE_NAME).
+    otel_service_name: str = "hearth"
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +79,22 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         tls_cert=_path(env.get("HEARTH_TLS_CERT")),
         tls_key=_path(env.get("HEARTH_TLS_KEY")),
         sandbox_dns=_addresses(env, "HEARTH_SANDBOX_DNS"),
+        metrics_token=(env.get("HEARTH_METRICS_TOKEN") or "").strip() or None,
+        otlp_traces_endpoint=_traces_endpoint(env),
+        otel_service_name=(env.get("OTEL_SERVICE_NAME") or "").strip() or "hearth",
     )
+
+
+def _traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """The traces URL as the OpenTelemetry specification derives it for OTLP/HTTP."""
+    disabled = (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
+    if disabled or (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower() == "none":
+        return None
+    if traces := (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip():
+        return traces
+    if base := (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip():
+        return base.removesuffix("/") + "/v1/traces"
+    return None
 
 
 def _addresses(env: Mapping[str, str], name: str) -> list[str]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
-from hearth import config
+from hearth import config, tracing
 from hearth.api import (
     ApiSettings,
     TemplateBuilds,
@@ -86,6 +86,11 @@ class ServeOptions:
     # The DNS servers sandboxes are given (and the egress proxy resolves with); empty:
     # HEARTH_SANDBOX_DNS's, else the host's.
     sandbox_dns: tuple[str, ...] = ()
+    # The bearer token `GET /metrics` asks for; None: HEARTH_METRICS_TOKEN's (unset: none).
+    metrics_token: str | None = None
+    # The OTLP/HTTP URL traces are exported to (`http://collector:4318/v1/traces`); None:
+    # the OTEL_EXPORTER_OTLP_ENDPOINT's (unset: none), "": none.
+    otlp_endpoint: str | None = None
 
 
 @dataclass
@@ -141,6 +146,8 @@ async def serve(
         stack.push_async_callback(store.close)
         # From here on a signal stops the server cleanly, even one sent during start.
         stack.enter_context(_signals_set(stop))
+        # Before anything starts a task: the tasks inherit the tracer (spans sent last).
+        await stack.enter_async_context(_exporting(options))
         _, api_key = await store.ensure_default_team()
         # Bound before the node starts (its rules open these ports to sandboxes), served
         # once everything is ready.
@@ -169,6 +176,7 @@ async def serve(
             data_dir=data_dir,
             build_concurrency=options.build_concurrency or config.settings().build_concurrency,
             max_snapshots=options.max_snapshots or config.settings().max_snapshots,
+            metrics_token=options.metrics_token or config.settings().metrics_token,
         )
         builds = TemplateBuilds(
             store,
@@ -211,13 +219,20 @@ async def serve(
 
         directory = live_sandboxes(app)
         headers_for = getattr(node, "headers_for", None)
+        traffic = app.state.metrics.traffic  # what /metrics tells of sandbox traffic
         gateway = Gateway(
-            directory, domains=domains, api_socket=api_socket, headers_for=headers_for
+            directory,
+            domains=domains,
+            api_socket=api_socket,
+            headers_for=headers_for,
+            traffic=traffic,
         )
         listeners = [Listener(public, gateway.handle, tls=tls)]
         gateways = [gateway]
         if proxy_sock is not None:
-            proxy_only = Gateway(directory, domains=domains, headers_for=headers_for)
+            proxy_only = Gateway(
+                directory, domains=domains, headers_for=headers_for, traffic=traffic
+            )
             listeners.append(Listener(proxy_sock, proxy_only.handle, tls=tls))
             gateways.append(proxy_only)
         for listener in listeners:
@@ -272,6 +287,15 @@ def _storage(options: ServeOptions) -> tuple[Path, str]:
     # by its owner only; the database file itself is the owner's alone.
     data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     return data_dir, url
+
+
+def _exporting(options: ServeOptions) -> contextlib.AbstractAsyncContextManager[object]:
+    """Traces exported where the options, else the OTEL_* variables, say; or none."""
+    settings = config.settings()
+    endpoint = options.otlp_endpoint
+    if endpoint is None:
+        endpoint = settings.otlp_traces_endpoint
+    return tracing.exporting(endpoint or None, service_name=settings.otel_service_name)
 
 
 def _builtin_recipes() -> dict[str, Recipe]:

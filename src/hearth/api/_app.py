@@ -16,9 +16,12 @@ from hearth.api._builds import TemplateBuilds
 from hearth.api._limits import BoundedRequests
 from hearth.api._live import LiveSandboxes
 from hearth.api._names import ENCODED_SLASH
+from hearth.api._prometheus import ServerMetrics
+from hearth.api._prometheus import router as metrics_router
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
 from hearth.api._snapshots import Snapshots
+from hearth.api._telemetry import InstrumentedRequests
 from hearth.api._templates import Templates
 from hearth.api._uploads import UPLOAD_PATH
 from hearth.api.routes import access, health, sandboxes, snapshots, templates
@@ -71,8 +74,13 @@ def create_app(
     app.state.templates = Templates(store, node, settings, builds)
     app.state.snapshots = Snapshots(store, settings, service)
     app.state.live = live
+    # Prometheus's, not E2B's: out of the OpenAPI description (`serve` hands the
+    # gateways `metrics.traffic`).
+    app.state.metrics = metrics = ServerMetrics(store, node, builds, node_id=settings.node_id)
+    app.include_router(metrics_router)
     app.add_middleware(BoundedRequests, streamed=UPLOAD_PATH)
     app.add_middleware(_KeepEncodedSlashes)
+    app.add_middleware(InstrumentedRequests, observe_create=metrics.observe_create)
     return app
 
 

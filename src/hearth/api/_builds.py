@@ -54,6 +54,7 @@ class TemplateBuilds:
         self._tasks: dict[str, asyncio.Task[Build | None]] = {}  # build id ->
         self._by_template: dict[str, set[str]] = {}  # template id -> build ids
         self._held: Counter[str] = Counter()  # templates that may not start builds now
+        self.outcomes: Counter[str] = Counter()  # builds finished: ready, error, cancelled
         self._closed = False
 
     def start(
@@ -86,6 +87,10 @@ class TemplateBuilds:
 
     def running(self, build_id: str) -> bool:
         return build_id in self._tasks
+
+    def in_progress(self) -> int:
+        """How many builds wait or build now."""
+        return len(self._tasks)
 
     async def wait(self, build_id: str) -> None:
         """Until the build running here ends, however it ends (at once if none is)."""
@@ -145,15 +150,19 @@ class TemplateBuilds:
                 entries.start()
                 artifact = await self._node.build(request, entries.add)
         except asyncio.CancelledError:
+            self.outcomes["cancelled"] += 1
             # Recorded even when the cancel came from a client or a shutdown that will
             # not wait for it: the shielded write finishes on its own.
             await asyncio.shield(_finish_failed(self._store, entries, build_id, CANCELLED, None))
             raise
         except BuildFailed as e:
+            self.outcomes["error"] += 1
             return await _finish_failed(self._store, entries, build_id, str(e), e.step)
         except Exception as e:
             log.exception("build %s of template %s failed", build_id, request.template_id)
+            self.outcomes["error"] += 1
             return await _finish_failed(self._store, entries, build_id, f"{e}", None)
+        self.outcomes["ready"] += 1
         await entries.close()
         try:
             build = await self._store.update_build(

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from hearth import tracing
 from hearth.api._builds import TemplateBuilds
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
@@ -161,6 +162,8 @@ class Sandboxes:
             self._store, team, request.template, self._builds
         )
         assert build.artifact is not None  # ready_build returns only builds that have one
+        request_span = tracing.current_span()  # the request's
+        request_span.set_attributes({"team.id": team.id, "template.id": template.template_id})
         sandbox = await self._start(
             team,
             request,
@@ -174,6 +177,7 @@ class Sandboxes:
                 envd_version=build.envd_version or self._settings.envd_version,
             ),
         )
+        request_span.set_attribute("sandbox.id", sandbox.sandbox_id)
         with contextlib.suppress(Exception):
             await self._store.record_template_spawn(template.template_id, sandbox.started_at)
         return sandbox

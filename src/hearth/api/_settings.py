@@ -36,3 +36,5 @@ class ApiSettings(BaseModel):
     data_dir: Path | None = None
     # Template builds that run on the node at once; the others wait.
     build_concurrency: int = Field(2, ge=1)
+    # The bearer token `GET /metrics` asks for; None: Prometheus scrapes it freely.
+    metrics_token: str | None = None

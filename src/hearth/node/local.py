@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
+from hearth import tracing
 from hearth.config import settings
 from hearth.node.disk.overlay_disk import DEFAULT_SIZE_MB
 from hearth.node.guest import envd_client
@@ -316,6 +317,11 @@ class LocalNode:
         return removed
 
     async def create(self, spec: SandboxSpec) -> SandboxAddress:
+        attributes = {"sandbox.id": spec.sandbox_id, "template.id": spec.template_id}
+        with tracing.span("node.create", attributes):
+            return await self._create(spec)
+
+    async def _create(self, spec: SandboxSpec) -> SandboxAddress:
         if self._closed:
             raise RuntimeError("the node is closed")
         await self.start()
@@ -327,14 +333,23 @@ class LocalNode:
         try:
             spec = replace(spec, artifact=await self._artifact(spec))
             assert spec.artifact is not None
-            # A member is taken only by a create of its shape (vCPUs, memory and disk).
-            pool = self._pool
-            sandbox = await pool.take(spec.artifact.key, spec) if pool is not None else None
-            if sandbox is None:
-                # A saved state holds its disk: the layers only say what it was made of.
-                layers = [] if spec.artifact.saved else self._layer_paths(spec.artifact)
-                sandbox = await self.runtime.start(spec, layers)
-                await self._start_template(sandbox, spec)  # stops the sandbox if it fails
+            created = tracing.current_span()  # node.create's
+            attributes = {
+                "sandbox.id": sandbox_id,
+                "template.id": spec.template_id,
+                "runtime": self.kind,
+            }
+            with tracing.span("runtime.start", attributes) as started:
+                # A member is taken only by a create of its shape (vCPUs, memory and disk).
+                pool = self._pool
+                sandbox = await pool.take(spec.artifact.key, spec) if pool is not None else None
+                for span in (created, started):
+                    span.set_attribute("pooled", sandbox is not None)
+                if sandbox is None:
+                    # A saved state holds its disk: the layers only say what it was made of.
+                    layers = [] if spec.artifact.saved else self._layer_paths(spec.artifact)
+                    sandbox = await self.runtime.start(spec, layers)
+                    await self._start_template(sandbox, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
         finally:
             self._starting.discard(sandbox_id)

@@ -5,5 +5,15 @@ plain HTTP and TLS on the same port, told apart by each connection's first byte.
 
 from hearth.proxy._gateway import Gateway, SandboxDirectory, SandboxRoute, listen
 from hearth.proxy._listener import Listener, TLSContexts
+from hearth.proxy._traffic import ByteTally, Traffic
 
-__all__ = ["Gateway", "Listener", "SandboxDirectory", "SandboxRoute", "TLSContexts", "listen"]
+__all__ = [
+    "ByteTally",
+    "Gateway",
+    "Listener",
+    "SandboxDirectory",
+    "SandboxRoute",
+    "TLSContexts",
+    "Traffic",
+    "listen",
+]

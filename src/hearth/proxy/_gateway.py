@@ -31,6 +31,7 @@ from hearth.proxy._pages import looks_like_browser, render
 from hearth.proxy._relay import SWITCHED, Broken, Connect, Peer, Upstream, UpstreamFailed, exchange
 from hearth.proxy._routing import Refusal, ToApi, ToSandbox, Unnamed
 from hearth.proxy._streams import SandboxStreams
+from hearth.proxy._traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Gateway:
 
     With `api_socket` (a Unix socket path, abstract if it starts with NUL) requests that
     do not name a sandbox go to the API there; without it the listener is proxy-only.
+    What it relays for sandboxes and what it refuses is tallied in `traffic`.
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class Gateway:
         domains: Sequence[str] = (),
         api_socket: str | None = None,
         headers_for: HeadersFor | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self._directory = directory
+        self.traffic = traffic if traffic is not None else Traffic()
         self._headers_for = headers_for
         self._domains = tuple(d.lower() for d in domains)
         self._api_socket = api_socket
@@ -127,6 +131,8 @@ class Gateway:
                 if isinstance(target, Refusal):
                     await self._refuse(client, request, target)
                 else:
+                    if target.sandbox_id is not None:
+                        self.traffic.requests += 1
                     request = self._transformed(request, client_address)
                     upstream = await self._forward(client, request, target, upstream)
                 if not _next_cycle(client):
@@ -325,8 +331,9 @@ class Gateway:
             upstream = None
         reused = upstream is not None
         if upstream is None:
+            tally = self.traffic.sandbox_bytes if target.sandbox_id is not None else None
             try:
-                upstream = await Upstream.open(target.key, target.connect)
+                upstream = await Upstream.open(target.key, target.connect, tally)
             except (OSError, TimeoutError):
                 await self._refuse(client, request, self._unreachable(target))
                 return None
@@ -385,6 +392,7 @@ class Gateway:
     async def _refuse(self, client: Peer, request: h11.Request | None, refusal: Refusal) -> None:
         """Answer from the gateway itself, keeping the connection if the request's body
         can be read off cheaply."""
+        self.traffic.refusals[refusal.status] += 1
         conn = client.h11
         if conn.their_state is h11.SEND_BODY and not conn.client_is_waiting_for_100_continue:
             await _drain(client)

@@ -20,6 +20,7 @@ from typing import Literal, cast
 import h11
 
 from hearth.proxy._connect import StreamEnvelopes
+from hearth.proxy._traffic import ByteTally
 
 READ_SIZE = 256 * 1024
 MAX_HEAD = 64 * 1024
@@ -58,11 +59,13 @@ class Peer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         side: Side,
+        tally: ByteTally | None = None,
     ) -> None:
         self.h11 = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
         self.reader = reader
         self.writer = writer
         self.side: Side = side
+        self.tally = tally  # counts the bytes read and written on this side
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -77,11 +80,15 @@ class Peer:
                 data = await self.reader.read(READ_SIZE)
             except OSError:
                 data = b""  # a reset ends the stream like EOF; h11 tells the rest
+            if self.tally is not None:
+                self.tally.count_read(len(data))
             self.h11.receive_data(data)
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
+            if self.tally is not None:
+                self.tally.count_written(len(data))
             try:
                 self.writer.write(data)
                 await self.writer.drain()
@@ -101,6 +108,7 @@ class Peer:
 
 
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+Counted = Callable[[int], None]  # told of bytes moved
 
 
 class Upstream:
@@ -111,9 +119,11 @@ class Upstream:
         self.peer = peer
 
     @classmethod
-    async def open(cls, key: Hashable, connect: Connect) -> Upstream:
+    async def open(
+        cls, key: Hashable, connect: Connect, tally: ByteTally | None = None
+    ) -> Upstream:
         reader, writer = await connect()
-        return cls(key, Peer(h11.CLIENT, reader, writer, "upstream"))
+        return cls(key, Peer(h11.CLIENT, reader, writer, "upstream", tally))
 
     def finish_cycle(self) -> bool:
         """Prepare for the next request; False if this connection cannot carry one."""
@@ -310,7 +320,17 @@ async def _switch(client: Peer, upstream: Peer, answer: h11.InformationalRespons
             upstream.writer.write(client_rest)
     except OSError:
         return
-    await splice(client.reader, client.writer, upstream.reader, upstream.writer)
+    tally = upstream.tally
+    if tally is not None:
+        tally.count_written(len(client_rest))  # upstream_rest was counted as it was read
+    await splice(
+        client.reader,
+        client.writer,
+        upstream.reader,
+        upstream.writer,
+        to_b=tally.count_written if tally else None,
+        from_b=tally.count_read if tally else None,
+    )
 
 
 async def splice(
@@ -318,11 +338,15 @@ async def splice(
     a_writer: asyncio.StreamWriter,
     b_reader: asyncio.StreamReader,
     b_writer: asyncio.StreamWriter,
+    *,
+    to_b: Counted | None = None,
+    from_b: Counted | None = None,
 ) -> None:
-    """Copy bytes both ways; a clean EOF is passed on as a half-close, an error ends both."""
+    """Copy bytes both ways; a clean EOF is passed on as a half-close, an error ends both.
+    `to_b` and `from_b` are told how many bytes each copy moves."""
     tasks = [
-        asyncio.create_task(_copy(a_reader, b_writer, a_writer)),
-        asyncio.create_task(_copy(b_reader, a_writer, b_writer)),
+        asyncio.create_task(_copy(a_reader, b_writer, a_writer, to_b)),
+        asyncio.create_task(_copy(b_reader, a_writer, b_writer, from_b)),
     ]
     try:
         pending = set(tasks)
@@ -337,7 +361,10 @@ async def splice(
 
 
 async def _copy(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: asyncio.StreamWriter
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    source: asyncio.StreamWriter,
+    counted: Counted | None = None,
 ) -> bool:
     """True when the source ended cleanly and the EOF was passed on. An end that comes
     from our aborting the source (`source`, its own writer: its sandbox went away) is
@@ -345,6 +372,8 @@ async def _copy(
     both directions then end."""
     try:
         while data := await reader.read(READ_SIZE):
+            if counted is not None:
+                counted(len(data))
             writer.write(data)
             await writer.drain()
         if source.transport.is_closing() or not writer.can_write_eof():

@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 
+from hearth import tracing
 from hearth.node.interface import SandboxSpec
 
 ENVD_PORT = 49983
@@ -122,8 +124,9 @@ async def init(
     if held:
         # After a resume envd already holds the token and takes /init only with it.
         headers["X-Access-Token"] = held
-    async with client(timeout, read=timeout) as http:
-        r = await http.post(f"{url}/init", json=body, headers=headers)
+    with tracing.child_span("envd.init", {"url.full": f"{url}/init"}, kind=SpanKind.CLIENT):
+        async with client(timeout, read=timeout) as http:
+            r = await http.post(f"{url}/init", json=body, headers=headers)
     if r.status_code != 204:
         raise EnvdError(f"envd refused /init: {r.status_code} {r.text[:500]}")
 
