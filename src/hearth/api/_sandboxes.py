@@ -713,7 +713,7 @@ class Sandboxes:
                 self._live.add(sandbox)
             else:
                 await self.kill(None, sandbox_id, reason="lost")
-        for sandbox_id in set(paused) - known:
+        for sandbox_id in (running | set(paused)) - known:
             # Paused on the node but killed (or never recorded) in the store.
             await self._node.kill(sandbox_id)
 
