@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import uvicorn
 
 from hearth import config, tracing
+from hearth._malloc import fix_mmap_threshold
 from hearth.api import (
     ApiSettings,
     TemplateBuilds,
@@ -518,6 +519,7 @@ def main(options: ServeOptions) -> int:
     """Run `hearth serve` in the foreground; print recipe A once it listens."""
     logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s", stream=sys.stderr)
     logging.getLogger("hearth").setLevel(logging.INFO)  # our progress; libraries' warnings
+    fix_mmap_threshold()
 
     def announce(running: Running) -> None:
         if running.api_key is None:

@@ -197,15 +197,6 @@ def test_a_create_killed_before_its_container_runs_or_after_the_store_has_it(
         assert_reconciled(server, known)
 
 
-ROWLESS_BUG = (
-    "bug: Sandboxes.reconcile (src/hearth/api/_sandboxes.py) never stops a sandbox the node"
-    " adopted at start that no live store row names (a create cut off between the node's"
-    " start and the store's insert, a kill between the store's write and the node's"
-    " teardown): it runs on, unreachable and never reaped"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ROWLESS_BUG)
 def test_a_create_killed_once_its_container_runs(server: ServeProcess) -> None:
     known = set()
     try:
@@ -216,10 +207,9 @@ def test_a_create_killed_once_its_container_runs(server: ServeProcess) -> None:
         _start_clean(server)
 
 
-@pytest.mark.xfail(strict=True, reason=ROWLESS_BUG)
 def test_a_container_without_a_live_row_is_stopped_at_start(server: ServeProcess) -> None:
-    """The bug above without a race: the store says killed (what a kill cut off between
-    the store's write and the node's teardown leaves), the container runs on."""
+    """The store says killed (what a kill cut off between the store's write and the
+    node's teardown leaves) while the container runs on: the next start stops it."""
     sandbox = _create()
     server.kill()
     with contextlib.closing(sqlite3.connect(server.database)) as db, db:
@@ -234,8 +224,8 @@ def test_a_container_without_a_live_row_is_stopped_at_start(server: ServeProcess
 
 
 def _start_clean(server: ServeProcess) -> None:
-    """Stop the server, remove every sandbox of its node (what the bug above leaves has no
-    API path out), and start it again: it forgets the rows of the sandboxes now gone."""
+    """Stop the server, remove every sandbox of its node (so a failure above leaves the
+    next test a clean host), and start it again: it forgets the rows of those now gone."""
     assert server.stop() == 0
     sweep(server.node_dir)
     server.start()

@@ -29,17 +29,11 @@ WARM_UP = 50
 WORKERS = 4
 REQUEST_TIMEOUT = 120  # a hang fails the test; no speed is asserted
 MEMORY_GROWTH = 0.10
-# glibc raises its mmap threshold (up to 32 MiB) each time a block above it is freed; the
-# large transient buffers after that come from its arenas and fragment them. With live
-# allocations flat, hearth serve's PSS then grew 9-15% over 1,000 cycles (see
-# docs/reliability.md). A fixed threshold, which hearth serve does not set itself yet,
-# keeps such buffers mmapped: then PSS measures what the server holds, not the gaps.
-FIXED_MMAP_THRESHOLD = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}
 
 
 @pytest.fixture
 def server() -> Iterator[ServeProcess]:
-    with served("hearth-churn-", env=FIXED_MMAP_THRESHOLD) as server:
+    with served("hearth-churn-") as server:
         yield server
 
 
