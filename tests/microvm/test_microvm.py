@@ -113,6 +113,26 @@ async def test_pause_without_memory_keeps_files_and_boots_again(node):
     assert await wait_no_leaks(node) == {}
 
 
+async def test_the_disk_holds_the_templates_disk_size(node):
+    """A template's diskSizeMB is what the guest may write on top of its files: df says
+    so, and a write past it fails with ENOSPC inside the VM."""
+    s = spec(disk_mb=300)
+    address = await node.create(s)
+    try:
+        df = await run(address, s.envd_access_token, "df -Pm / | tail -1")
+        size_mb, used_mb, avail_mb = (int(f) for f in df.split()[1:4])
+        assert 250 <= avail_mb <= 300 + used_mb // 4, df
+        assert size_mb < used_mb + used_mb // 4 + 300 + 64, df
+        past = f"fallocate -l {avail_mb + 32}M /root/big 2>&1; echo rc=$?"
+        out = await run(address, s.envd_access_token, past)
+        assert "No space left on device" in out and "rc=1" in out, out
+        within = "rm -f /root/big; fallocate -l 100M /root/ok && echo written"
+        assert (await run(address, s.envd_access_token, within)).strip() == "written"
+    finally:
+        assert await node.kill(s.sandbox_id)
+    assert await wait_no_leaks(node) == {}
+
+
 async def test_kill_while_paused_removes_its_state(node):
     s = spec()
     await node.create(s)

@@ -142,7 +142,12 @@ class _Runtime(Protocol):
         """The paused sandboxes found at start (called after `reconcile`)."""
 
     async def warm(
-        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+        self,
+        artifact: Artifact,
+        layers: list[Path],
+        cpu_count: int,
+        memory_mb: int,
+        disk_mb: int | None = None,
     ) -> None:
         """Prepare ahead what creates of that shape start from (LocalNode keeps the
         container runtime's pool itself)."""
@@ -565,13 +570,15 @@ class LocalNode:
             )
             self._pool.configure(shape)
         elif size > 0:
-            self._background(self._warm_runtime(artifact, cpu_count, memory_mb))
+            self._background(self._warm_runtime(artifact, cpu_count, memory_mb, disk_mb))
 
-    async def _warm_runtime(self, artifact: Artifact, cpu_count: int, memory_mb: int) -> None:
+    async def _warm_runtime(
+        self, artifact: Artifact, cpu_count: int, memory_mb: int, disk_mb: int | None
+    ) -> None:
         assert self.runtime is not None
         try:
             layers = self._layer_paths(artifact)
-            await self.runtime.warm(artifact, layers, cpu_count, memory_mb)
+            await self.runtime.warm(artifact, layers, cpu_count, memory_mb, disk_mb)
         except Exception as e:  # noqa: BLE001 - a create builds it again and reports it
             log.warning("could not prepare sandboxes of %s ahead: %s", artifact.key, e)
 
@@ -931,7 +938,12 @@ class _ContainerDriver:
         return None
 
     async def warm(
-        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+        self,
+        artifact: Artifact,
+        layers: list[Path],
+        cpu_count: int,
+        memory_mb: int,
+        disk_mb: int | None = None,
     ) -> None:
         return None
 
@@ -1089,7 +1101,12 @@ class _IsolatedDriver:
         return None
 
     async def warm(
-        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+        self,
+        artifact: Artifact,
+        layers: list[Path],
+        cpu_count: int,
+        memory_mb: int,
+        disk_mb: int | None = None,
     ) -> None:
         return None
 

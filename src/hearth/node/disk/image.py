@@ -34,7 +34,8 @@ RECIPE_VERSION = 1
 INIT_PATH = "opt/hearth/init"
 BUSYBOX_PATH = "opt/hearth/bin/busybox"
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Room for the user's files on top of the template's (the file is sparse).
+# Room for the user's files on top of the template's when the template names no disk
+# size (the file is sparse).
 FREE_SPACE = 2 << 30
 
 GUEST_INIT = """\
@@ -82,21 +83,30 @@ class ImageError(RuntimeError):
 
 
 def ensure_image(
-    kind: str, layers: list[Path], bundle: Path, cache_dir: Path | None = None
+    kind: str,
+    layers: list[Path],
+    bundle: Path,
+    cache_dir: Path | None = None,
+    free_mb: int | None = None,
 ) -> Path:
     """The ext4 image of a template's `layers` (named `kind` in logs) with the envd
-    bundle `bundle` in it; built on first use and whenever either changes."""
+    bundle `bundle` in it and `free_mb` free for the sandbox's writes (the template's
+    diskSizeMB, as a container sandbox's writable layer has); built on first use and
+    whenever any of them changes."""
     init = guest_init()
-    recipe = {
+    recipe: dict[str, object] = {
         "version": RECIPE_VERSION,
         "layers": [str(p.resolve()) for p in layers],
         "bundle_stamp": read_stamp(bundle),
         "busybox": hashlib.sha256(static_busybox().read_bytes()).hexdigest(),
         "init": init,
     }
+    free = FREE_SPACE if free_mb is None else free_mb << 20
+    if free_mb is not None:
+        recipe["free_mb"] = free_mb  # absent otherwise: the images cached before stay valid
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     entry = (cache_dir or settings().cache_dir) / "images" / f"{kind}-{key}"
-    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, layers, bundle, init))
+    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, layers, bundle, init, free))
     return entry / "rootfs.ext4"
 
 
@@ -105,7 +115,7 @@ def guest_init() -> str:
     return GUEST_INIT.replace("@PATH@", ENVD_PATH).replace("@ENVD@", " ".join(argv))
 
 
-def _build(entry: Path, kind: str, layers: list[Path], bundle: Path, init: str) -> None:
+def _build(entry: Path, kind: str, layers: list[Path], bundle: Path, init: str, free: int) -> None:
     from hearth.template.layers import flatten
 
     progress(f"making the {kind} disk image in {entry.parent}")
@@ -130,7 +140,7 @@ def _build(entry: Path, kind: str, layers: list[Path], bundle: Path, init: str) 
         used = _disk_usage(staging)
         image = entry / "rootfs.ext4"
         with open(image, "wb") as f:
-            f.truncate(_round_up(used + used // 4 + FREE_SPACE, 1 << 20))
+            f.truncate(_round_up(used + used // 4 + free, 1 << 20))
         done = subprocess.run(
             [
                 "mkfs.ext4",

@@ -448,17 +448,25 @@ class MicroVMDriver:
         )
 
     async def template_snapshot(
-        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+        self,
+        artifact: Artifact,
+        layers: list[Path],
+        cpu_count: int,
+        memory_mb: int,
+        disk_mb: int | None = None,
     ) -> Snapshot:
-        """The template snapshot for (the template's artifact, vCPUs, memory), taken on
-        first use: booted, with the template's start command running and ready."""
+        """The template snapshot for (the template's artifact, vCPUs, memory, disk),
+        taken on first use: booted, with the template's start command running and ready.
+        The disk has `disk_mb` free for the sandbox's writes (a default without it)."""
         assert self.bundle is not None and self.network is not None
-        wanted = f"{artifact.dumps()}/{cpu_count}/{memory_mb}"
+        wanted = f"{artifact.dumps()}/{cpu_count}/{memory_mb}/{disk_mb}"
         known = self._snapshots.get(wanted)
         if known is not None and snapshot_complete(known):
             return known  # the common case: no hashing, no locks
         name = artifact.key
-        image = await asyncio.to_thread(ensure_image, name, layers, self.bundle, self._cache_dir)
+        image = await asyncio.to_thread(
+            ensure_image, name, layers, self.bundle, self._cache_dir, disk_mb
+        )
         machine = self.machine(cpu_count, memory_mb)
         async with self._snapshot_locks.setdefault(wanted, asyncio.Lock()):
             snapshot = await ensure_snapshot(
@@ -474,11 +482,17 @@ class MicroVMDriver:
         return snapshot
 
     async def warm(
-        self, artifact: Artifact, layers: list[Path], cpu_count: int, memory_mb: int
+        self,
+        artifact: Artifact,
+        layers: list[Path],
+        cpu_count: int,
+        memory_mb: int,
+        disk_mb: int | None = None,
     ) -> None:
         """Take the template snapshot of that shape now and pre-spawn its VMMs, so that
         the first create does not wait for a cold boot (seconds under TCG)."""
-        self.vmms.refill(await self.template_snapshot(artifact, layers, cpu_count, memory_mb))
+        snapshot = await self.template_snapshot(artifact, layers, cpu_count, memory_mb, disk_mb)
+        self.vmms.refill(snapshot)
 
     # --- create ----------------------------------------------------------------------
 
@@ -490,7 +504,7 @@ class MicroVMDriver:
         if spec.artifact.saved:
             return await self._restore(spec)
         snapshot = await self.template_snapshot(
-            spec.artifact, layers, spec.cpu_count, spec.memory_mb
+            spec.artifact, layers, spec.cpu_count, spec.memory_mb, spec.disk_mb
         )
         started = time.monotonic()
         pooled = self.vmms.take(snapshot)
