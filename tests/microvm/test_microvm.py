@@ -241,7 +241,7 @@ async def test_warm_takes_the_snapshot_and_prespawns_its_vmms(node):
     await node.warm("debian", cpu_count=1, memory_mb=384, size=1)
     driver = node.runtime
     for _ in range(1200):  # bounded: until the background work is done; no timing asserted
-        known = [s for key, s in driver._snapshots.items() if key.endswith("/1/384")]
+        known = [s for key, s in driver._snapshots.items() if key.endswith("/1/384/None")]
         if known and snapshot_complete(known[0]) and driver.vmms._ready.get(known[0].key):
             break
         await asyncio.sleep(0.1)
