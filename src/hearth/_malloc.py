@@ -9,7 +9,6 @@ A fixed threshold keeps such buffers in their own mappings, returned when freed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -20,12 +19,10 @@ MMAP_THRESHOLD_BYTES = 64 * 1024
 
 def fix_mmap_threshold() -> bool:
     """Pin glibc's mmap threshold; False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        log.debug("no mallopt in %s: allocator left as it is", name)
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library, no lookup
+    except AttributeError:
+        log.debug("no mallopt in this C library: allocator left as it is")
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

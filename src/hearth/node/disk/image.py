@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hearth.config import settings
 from hearth.node.disk.cache import STAMP_NAME, ensure_dir, progress, read_stamp
+from hearth.node.disk.overlay_disk import DEFAULT_SIZE_MB
 from hearth.node.disk.rootfs import static_busybox
 from hearth.node.guest.envd_bundle import envd_command
 from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
@@ -34,9 +35,6 @@ RECIPE_VERSION = 1
 INIT_PATH = "opt/hearth/init"
 BUSYBOX_PATH = "opt/hearth/bin/busybox"
 ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Room for the user's files on top of the template's when the template names no disk
-# size (the file is sparse).
-FREE_SPACE = 2 << 30
 
 GUEST_INIT = """\
 #!/opt/hearth/bin/busybox sh
@@ -91,22 +89,21 @@ def ensure_image(
 ) -> Path:
     """The ext4 image of a template's `layers` (named `kind` in logs) with the envd
     bundle `bundle` in it and `free_mb` free for the sandbox's writes (the template's
-    diskSizeMB, as a container sandbox's writable layer has); built on first use and
-    whenever any of them changes."""
+    diskSizeMB, as a container sandbox's writable layer has, and the same default);
+    built on first use and whenever any of them changes. The file is sparse."""
     init = guest_init()
-    recipe: dict[str, object] = {
+    free_mb = free_mb or DEFAULT_SIZE_MB
+    recipe = {
         "version": RECIPE_VERSION,
         "layers": [str(p.resolve()) for p in layers],
         "bundle_stamp": read_stamp(bundle),
         "busybox": hashlib.sha256(static_busybox().read_bytes()).hexdigest(),
         "init": init,
+        "free_mb": free_mb,
     }
-    free = FREE_SPACE if free_mb is None else free_mb << 20
-    if free_mb is not None:
-        recipe["free_mb"] = free_mb  # absent otherwise: the images cached before stay valid
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     entry = (cache_dir or settings().cache_dir) / "images" / f"{kind}-{key}"
-    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, layers, bundle, init, free))
+    ensure_dir(entry, key, lambda tmp: _build(tmp, kind, layers, bundle, init, free_mb << 20))
     return entry / "rootfs.ext4"
 
 
