@@ -742,7 +742,8 @@ class LocalNode:
         """Let go of the sandboxes without stopping them, for a node process that exits
         and will be started again: its next `start()` adopts them (see `reconcile`).
         Container and microVM sandboxes outlive the node process; isolated ones end with it.
-        The warm pool's sandboxes are stopped: nobody has claimed them."""
+        The warm pool's sandboxes are stopped: nobody has claimed them; so are build
+        sandboxes (a build cut off is failed at the next start) and their driver's LXCFS."""
         self._closed = True
         await self._cancel_background()
         if self._pool is not None:
@@ -751,9 +752,14 @@ class LocalNode:
         self._paused = {}
         if self.runtime is not None:
             await self.runtime.detach()
-        await self._close_egress()
+        await self._release_node_wide()
 
-    async def _close_egress(self) -> None:
+    async def _release_node_wide(self) -> None:
+        """What no sandbox outlives: the build driver (its sandboxes, its LXCFS) and the
+        egress proxy."""
+        if self._build_driver is not None:
+            await self._build_driver.shutdown()
+            self._build_driver = None
         if self._egress is not None:
             await self._egress.close()
             self._egress = None
@@ -773,9 +779,7 @@ class LocalNode:
         )
         if self.runtime is not None:
             await self.runtime.shutdown()
-        if self._build_driver is not None:
-            await self._build_driver.shutdown()
-        await self._close_egress()
+        await self._release_node_wide()
 
 
 def _host_addresses() -> list[str]:
