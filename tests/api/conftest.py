@@ -156,6 +156,29 @@ def npm_installed(directory: Path, package: str) -> Path:
     return modules
 
 
+E2B_CLI_DIR = Path(__file__).with_name("cli")
+
+
+@pytest.fixture(scope="module")
+def e2b_cli() -> Path:
+    """The E2B CLI pinned in tests/api/cli, installed on first use."""
+    return npm_installed(E2B_CLI_DIR, "@e2b/cli") / ".bin" / "e2b"
+
+
+def run_e2b_cli(
+    e2b_cli: Path, hearth: Hearth, *args: str, cwd: Path | None = None, check: bool = True
+) -> str:
+    """`e2b ARGS` as a user runs it against `hearth` (E2B_API_URL, E2B_API_KEY, no colour);
+    its stdout. With `check`, a non-zero exit fails the test with both outputs."""
+    env = {**os.environ, **hearth.env(), "HOME": str(E2B_CLI_DIR), "NO_COLOR": "1"}
+    done = subprocess.run(
+        [str(e2b_cli), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if check:
+        assert done.returncode == 0, f"e2b {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
 def run_npm_script(script: Path, env: dict[str, str], timeout: float = 600) -> dict[str, list]:
     """Run a Node script with the npm `e2b` SDK of tests/sdk/npm; returns the values it
     printed as `RESULT <key> <json>` lines, by key, in order. `timeout` only keeps a hung

@@ -5,8 +5,6 @@ SDK's build path, COPY uploads included), `list`, `publish`/`unpublish`, `delete
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +12,10 @@ import httpx
 import pytest
 from e2b import Sandbox, Template
 
-from .conftest import Hearth, npm_installed, served_containers
+from .conftest import Hearth, run_e2b_cli, served_containers
 
 pytestmark = pytest.mark.root
 
-CLI_DIR = Path(__file__).with_name("cli")
 NAME = "cli-tpl"
 
 
@@ -26,21 +23,6 @@ NAME = "cli-tpl"
 def hearth() -> Iterator[Hearth]:
     with served_containers("hearth-cli-") as info:
         yield info
-
-
-@pytest.fixture(scope="module")
-def e2b_cli() -> Path:
-    """The locked CLI, installed on first use."""
-    return npm_installed(CLI_DIR, "@e2b/cli") / ".bin" / "e2b"
-
-
-def _cli(e2b_cli: Path, hearth: Hearth, *args: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, **hearth.env(), "HOME": str(CLI_DIR), "NO_COLOR": "1"}
-    done = subprocess.run(
-        [str(e2b_cli), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, f"e2b {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def test_create_list_publish_delete(e2b_cli: Path, hearth: Hearth, tmp_path: Path) -> None:
@@ -52,7 +34,7 @@ def test_create_list_publish_delete(e2b_cli: Path, hearth: Hearth, tmp_path: Pat
         "COPY hello.txt /home/user/hello.txt\n"
     )
     create = ["template", "create", NAME, "-p", str(tmp_path), "--cpu-count", "1"]
-    _cli(e2b_cli, hearth, *create, "--memory-mb", "512")
+    run_e2b_cli(e2b_cli, hearth, *create, "--memory-mb", "512")
     sandbox = Sandbox.create(NAME)
     try:
         out = sandbox.commands.run("cat /tmp/built /home/user/hello.txt; echo $CLI_VAR").stdout
@@ -60,15 +42,15 @@ def test_create_list_publish_delete(e2b_cli: Path, hearth: Hearth, tmp_path: Pat
     finally:
         sandbox.kill()
 
-    listed = json.loads(_cli(e2b_cli, hearth, "template", "list", "-f", "json"))
+    listed = json.loads(run_e2b_cli(e2b_cli, hearth, "template", "list", "-f", "json"))
     names = [name for t in listed for name in (t.get("aliases") or t.get("names") or [])]
     assert NAME in names
 
     headers = {"X-API-Key": hearth.api_key}
     with httpx.Client(base_url=hearth.api_url, headers=headers) as api:
-        _cli(e2b_cli, hearth, "template", "publish", NAME, "-y")
+        run_e2b_cli(e2b_cli, hearth, "template", "publish", NAME, "-y")
         assert api.get(f"/templates/{NAME}").json()["public"] is True
-        _cli(e2b_cli, hearth, "template", "unpublish", NAME, "-y")
+        run_e2b_cli(e2b_cli, hearth, "template", "unpublish", NAME, "-y")
         assert api.get(f"/templates/{NAME}").json()["public"] is False
-    _cli(e2b_cli, hearth, "template", "delete", NAME, "-y")
+    run_e2b_cli(e2b_cli, hearth, "template", "delete", NAME, "-y")
     assert not Template.exists(NAME)
