@@ -165,14 +165,25 @@ def e2b_cli() -> Path:
     return npm_installed(E2B_CLI_DIR, "@e2b/cli") / ".bin" / "e2b"
 
 
+def e2b_cli_env(hearth: Hearth) -> dict[str, str]:
+    """The CLI's environment: the server's variables, a HOME of its own (no user config),
+    no colour and no update check (there is no internet)."""
+    home = str(E2B_CLI_DIR)
+    return {**os.environ, **hearth.env(), "HOME": home, "NO_COLOR": "1", "NO_UPDATE_NOTIFIER": "1"}
+
+
 def run_e2b_cli(
     e2b_cli: Path, hearth: Hearth, *args: str, cwd: Path | None = None, check: bool = True
 ) -> str:
     """`e2b ARGS` as a user runs it against `hearth` (E2B_API_URL, E2B_API_KEY, no colour);
     its stdout. With `check`, a non-zero exit fails the test with both outputs."""
-    env = {**os.environ, **hearth.env(), "HOME": str(E2B_CLI_DIR), "NO_COLOR": "1"}
     done = subprocess.run(
-        [str(e2b_cli), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+        [str(e2b_cli), *args],
+        cwd=cwd,
+        env=e2b_cli_env(hearth),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if check:
         assert done.returncode == 0, f"e2b {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
