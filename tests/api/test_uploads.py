@@ -4,13 +4,24 @@ holds a bounded number of unused ones. On a clock the test moves."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from hearth.api._errors import ApiError
-from hearth.api._uploads import MAX_GRANTS, TOKEN_TTL, UPLOAD_PATH, Uploads
+from hearth.api._uploads import (
+    FILES_DIR,
+    FILES_TTL,
+    MAX_GRANTS,
+    SWEEP_INTERVAL,
+    TOKEN_TTL,
+    UPLOAD_PATH,
+    Uploads,
+    sweep,
+)
 
 TEAM = "3f2b8a9e-0000-4000-8000-000000000001"
 HASH = "ab" * 32
@@ -100,3 +111,39 @@ def test_a_team_holds_a_bounded_number_of_unused_links(tmp_path: Path) -> None:
     uploads.grant(other, HASH, "http://api/")  # another team's are its own
     clock.now += TOKEN_TTL  # expired links no longer count
     uploads.grant(TEAM, HASH, "http://api/")
+
+
+async def test_kept_tars_go_when_unused_for_their_ttl(tmp_path: Path) -> None:
+    clock = Clock()
+    uploads = Uploads(tmp_path, clock=clock)
+    for files_hash in (HASH, "cd" * 32):
+        await uploads.receive(
+            _token(uploads.grant(TEAM, files_hash, "http://api/")), _body(b"x"), 1
+        )
+    kept, stale = uploads.path(TEAM, HASH), uploads.path(TEAM, "cd" * 32)
+    partial = kept.with_name(f".{kept.name}.0000.part")  # an upload cut off mid-way
+    partial.write_bytes(b"half")
+    now = time.time()
+    os.utime(stale, (now - FILES_TTL - 60,) * 2)
+    os.utime(kept, (now - FILES_TTL - 60,) * 2)
+    os.utime(partial, (now - TOKEN_TTL - 60,) * 2)
+    assert uploads.use(TEAM, HASH) == kept  # a build's use renews it
+
+    assert sorted(sweep(tmp_path / FILES_DIR, time.time())) == sorted([stale, partial])
+    assert uploads.present(TEAM, HASH) and not uploads.present(TEAM, "cd" * 32)
+    assert uploads.use(TEAM, "cd" * 32) is None
+
+
+async def test_sweeps_run_at_most_once_an_interval(tmp_path: Path) -> None:
+    clock = Clock()
+    uploads = Uploads(tmp_path, clock=clock)
+    await uploads.receive(_token(uploads.grant(TEAM, HASH, "http://api/")), _body(b"x"), 1)
+    await uploads.sweep_if_due()  # the first sweep: nothing is old yet
+    old = time.time() - FILES_TTL - 60
+    os.utime(uploads.path(TEAM, HASH), (old, old))
+    clock.now += SWEEP_INTERVAL - 1
+    await uploads.sweep_if_due()
+    assert uploads.path(TEAM, HASH).is_file()  # not due yet
+    clock.now += 2
+    await uploads.sweep_if_due()
+    assert not uploads.path(TEAM, HASH).exists()

@@ -120,6 +120,7 @@ class Templates:
     ) -> str | None:
         """None if the team has uploaded these files already, else a one-time URL."""
         await self._owned(team, template_ref)
+        await self._uploads.sweep_if_due()
         if self._uploads.present(team.id, files_hash):
             return None
         return self._uploads.grant(team.id, files_hash, base_url)
@@ -156,8 +157,8 @@ class Templates:
         for number, step in enumerate(recipe.steps, 1):
             if step.type != "COPY" or step.files_hash is None:
                 continue
-            path = self._uploads.path(team.id, step.files_hash)
-            if not path.is_file():
+            path = self._uploads.use(team.id, step.files_hash)
+            if path is None:
                 raise ApiError(
                     400, f"files for step {number} (hash {step.files_hash}) were not uploaded"
                 )

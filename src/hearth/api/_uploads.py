@@ -8,7 +8,9 @@ used (whether its upload then succeeded or not) or has expired answers 410 until
 forgotten, TOKEN_TTL after it was made; one never made, 404. A team holds at most
 MAX_GRANTS unused links at a time. Tars are kept per team under
 `<data_dir>/template-files/<team id>/<hash>`: a team's next build that copies the same
-files finds them present and uploads nothing.
+files finds them present and uploads nothing. A tar no build has asked for in FILES_TTL
+goes (each use renews it), swept at most every SWEEP_INTERVAL, with what an upload cut
+off mid-way left.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from hearth.api._errors import ApiError
 
 TOKEN_TTL = 3600.0  # seconds: the SDK's own upload timeout is an hour
 MAX_GRANTS = 1000  # unused links per team (a build asks for one per COPY step)
+FILES_TTL = 7 * 24 * 3600.0  # seconds a kept tar lives unused
+SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of the kept tars
 UPLOAD_PATH = "/_hearth/uploads"
 FILES_DIR = "template-files"
 # The SDK's hashes are SHA-256 hex; anything of these characters is a safe file name.
@@ -50,6 +54,7 @@ class Uploads:
         self._root = data_dir / FILES_DIR if data_dir is not None else None
         self._grants: dict[bytes, _Grant] = {}
         self._clock = clock
+        self._swept: float | None = None  # when, on `clock`
 
     def path(self, team_id: str, files_hash: str) -> Path:
         """Where the team's tar of `files_hash` is (or would be) kept."""
@@ -62,7 +67,27 @@ class Uploads:
         return self._root / team_id / files_hash
 
     def present(self, team_id: str, files_hash: str) -> bool:
-        return self.path(team_id, files_hash).is_file()
+        return self.use(team_id, files_hash) is not None
+
+    def use(self, team_id: str, files_hash: str) -> Path | None:
+        """The team's tar of `files_hash`, kept another FILES_TTL from now; None if it is
+        not there."""
+        path = self.path(team_id, files_hash)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    async def sweep_if_due(self) -> None:
+        """Remove what `sweep` would, if SWEEP_INTERVAL has passed since the last time."""
+        moment = self._clock()
+        if self._root is None or (
+            self._swept is not None and moment - self._swept < SWEEP_INTERVAL
+        ):
+            return
+        self._swept = moment
+        await asyncio.to_thread(sweep, self._root, time.time())
 
     def grant(self, team_id: str, files_hash: str, base_url: str) -> str:
         """A one-time URL under `base_url` that accepts the team's tar of `files_hash`."""
@@ -112,6 +137,22 @@ class Uploads:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
+
+
+def sweep(root: Path, now: float) -> list[Path]:
+    """Remove the tars under `root` unused for FILES_TTL, partial uploads older than
+    TOKEN_TTL (their upload can no longer be going on); what was removed. A file that
+    goes meanwhile is skipped. Team directories stay: an upload may be about to write
+    into one."""
+    removed = []
+    for team in root.iterdir() if root.is_dir() else ():
+        for file in team.iterdir():
+            ttl = TOKEN_TTL if file.name.endswith(".part") else FILES_TTL
+            with contextlib.suppress(FileNotFoundError):
+                if now - file.stat().st_mtime > ttl:
+                    file.unlink()
+                    removed.append(file)
+    return removed
 
 
 def _digest(token: str) -> bytes:
