@@ -88,6 +88,14 @@ JS_LOGS: list[tuple[str, str, str, str]] = [
         "true { b: 'x' }\ndefault: 1\n",
         "",
     ),
+    # Writes to node's streams reach the cell's output as in node's kernel.
+    (
+        "javascript",
+        "process.stdout.write('no newline'); process.stdout.write(' then\\n');"
+        " void process.stderr.write(new TextEncoder().encode('bytes\\n'))",
+        "no newline then\n",
+        "bytes\n",
+    ),
 ]
 
 BOX_DATA = """

@@ -35,7 +35,9 @@ So, in the kernel:
   writing through the kernel's own print: deno's jupyter kernel sends what deno's console
   prints as `stream` messages, and drops what goes to `process.stdout`. The global object
   stays deno's: node's `process`, once first used, binds the global console's streams to
-  its own (those `process.stdout` writes).
+  its own (those `process.stdout` writes). So `process.stdout.write` and
+  `process.stderr.write` print through the kernel too (strings, or bytes as UTF-8; the
+  callback called as node's stream would), as they do in node's kernel.
 
 Everything is inside a block, so the user's scope sees no new names; an older or newer
 deno without these internals is left as it is.
@@ -55,6 +57,16 @@ PRELUDE = """\
     for (const name of Object.keys(Console.prototype)) {
       if (typeof node[name] === "function") console[name] = node[name];
     }
+    const { default: process } = await import("node:process");
+    const decoder = new TextDecoder();
+    const printing = (stderr) => (chunk, encoding, callback) => {
+      if (typeof encoding === "function") callback = encoding;
+      core.print(typeof chunk === "string" ? chunk : decoder.decode(chunk), stderr);
+      if (typeof callback === "function") queueMicrotask(() => callback(null));
+      return true;
+    };
+    process.stdout.write = printing(false);
+    process.stderr.write = printing(true);
   }
   if (typeof jupyter?.broadcastResult === "function") {
     const { inspect } = await import("node:util");
