@@ -195,11 +195,13 @@ def forget_snapshots() -> None:
 async def node(data_dir: Path) -> AsyncIterator:
     from hearth.node.local import LocalNode
     from hearth.node.runtime.microvm import driver
+    from hearth.tls import LocalCA
 
     mp = pytest.MonkeyPatch()
     mp.setattr(driver, "SLOT_PREFIX", PREFIX)
     mp.setattr(driver, "RULES_TABLE", TABLE)
-    node = LocalNode(data_dir / "node", runtime="microvm", network_pool=POOL)
+    ca = LocalCA.load_or_create(data_dir / "tls")
+    node = LocalNode(data_dir / "node", runtime="microvm", network_pool=POOL, ca=ca)
     await node.start()
     try:
         yield node

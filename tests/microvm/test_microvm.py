@@ -16,6 +16,7 @@ from e2b.exceptions import AuthenticationException
 
 from hearth.node.interface import SandboxNotFound
 from hearth.node.network.policy import OFFLINE
+from hearth.tls import LocalCA
 
 from .conftest import (
     COUNTER,
@@ -52,6 +53,24 @@ async def test_commands_files_env_and_clock_through_the_sdk(node):
     finally:
         assert await node.kill(s.sandbox_id)
     assert await wait_no_leaks(node) == {}
+
+
+async def test_the_guest_trusts_the_local_ca(node, data_dir):
+    """The CA whose certificates the proxy and egress present joins the guest's system
+    bundle (from /init's caBundle) once, however many restores' /inits repeat it. The
+    session's template has no bundle (nothing in it trusts a CA): the test gives it one."""
+    s = spec()
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    ca = LocalCA.load_or_create(data_dir / "tls").cert_pem.strip()  # the node's
+    address = await node.create(s)
+    try:
+        await run(address, s.envd_access_token, f"mkdir -p /etc/ssl/certs && : > {bundle}")
+        for _ in range(2):
+            await node.pause(s.sandbox_id, memory=True)
+            address = await node.resume(s)
+            assert (await run(address, s.envd_access_token, f"cat {bundle}")).count(ca) == 1
+    finally:
+        assert await node.kill(s.sandbox_id)
 
 
 async def test_clones_get_their_own_entropy_and_token(node):

@@ -18,7 +18,8 @@ def health(req: Request, state: EnvdState) -> Response:
 
 
 def init(req: Request, state: EnvdState) -> Response:
-    """Configure the sandbox: env vars, access token, defaults, the clock and entropy.
+    """Configure the sandbox: env vars, access token, defaults, the clock, entropy and
+    the CAs it trusts besides its template's.
 
     The node calls this once at create and after every restore. Once a token is set, only
     a caller that knows it may change anything, so a process inside the sandbox cannot
@@ -47,6 +48,11 @@ def init(req: Request, state: EnvdState) -> Response:
         _set_clock(str(data["timestamp"]))
     if data.get("entropy"):
         _add_entropy(str(data["entropy"]))
+    if data.get("caBundle"):
+        from hearth.envd.trust import add_to_system_bundle
+
+        with contextlib.suppress(OSError):  # a read-only root keeps its own trust
+            add_to_system_bundle(str(data["caBundle"]))
     return Response(204)
 
 

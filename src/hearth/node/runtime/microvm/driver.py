@@ -378,8 +378,11 @@ class MicroVMDriver:
         slot_rules: dict | None = None,
         pool_size: int = POOL_SIZE,
         boot_timeout: float = 600.0,
+        extra_ca: str | None = None,
         **_container_only: object,
     ) -> None:
+        """`extra_ca`: a CA certificate (PEM) every guest trusts besides its template's
+        (the local CA), given to envd's /init as E2B's orchestrator gives its own."""
         self.base_dir = Path(data_dir) / "microvm"
         self.sandboxes_dir = self.base_dir / "sandboxes"
         self.pool_dir = self.base_dir / "pool"
@@ -394,6 +397,7 @@ class MicroVMDriver:
         self.boot_timeout = boot_timeout
         self._dns = dns_servers
         self._slot_rules = slot_rules or {}
+        self._extra_ca = extra_ca
         self.accel = "tcg"
         self.kernel: GuestKernel | None = None
         self.bundle: Path | None = None
@@ -599,7 +603,7 @@ class MicroVMDriver:
         assert sandbox.slot is not None
         self._tokens[spec.sandbox_id] = spec.envd_access_token
         url = f"http://{sandbox.slot.address}:{ENVD_PORT}"
-        await init_envd(url, spec, self.start_timeout, held_token)
+        await init_envd(url, spec, self.start_timeout, held_token, ca=self._extra_ca)
         self._live[spec.sandbox_id] = sandbox
         sandbox.push("its place in the driver", self.forget, spec.sandbox_id)
         sandbox._watch()
@@ -989,14 +993,21 @@ def detect_accel(kernel: GuestKernel) -> str:
 
 
 async def init_envd(
-    base_url: str, spec: SandboxSpec, timeout: float, held_token: str | None = None
+    base_url: str,
+    spec: SandboxSpec,
+    timeout: float,
+    held_token: str | None = None,
+    *,
+    ca: str | None = None,
 ) -> None:
     """POST envd's /init with the host's entropy too (a restored guest's pool is its
-    snapshot's)."""
+    snapshot's) and the CA the guest is to trust, if any."""
     body = {
         **init_body(spec),
         "entropy": base64.b64encode(os.urandom(ENTROPY_BYTES)).decode(),
     }
+    if ca:
+        body["caBundle"] = ca
     await envd_client.init(base_url, body, timeout=timeout, access_token=held_token)
 
 
