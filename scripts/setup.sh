@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 # qcow2 overlays, the guest kernel's LZ4 payload, ext4 images, the initramfs, sysctl);
 # openssl: the certificates of the old-SDK tests' TLS front; libnss-myhostname: glibc
 # resolves `*.localhost` (the sandbox hosts `sandbox.get_host()` names) to loopback; lxcfs:
-# container sandboxes' own /proc/meminfo, cpuinfo, stat, uptime.
+# container sandboxes' own /proc/meminfo, cpuinfo, stat, uptime; chromium: the browser the
+# dashboard's tests drive (Playwright downloads none).
 apt_packages=(busybox-static debootstrap util-linux iproute2 ca-certificates nodejs npm postgresql crun runc nftables
   qemu-system-x86 qemu-utils lz4 e2fsprogs cpio procps skopeo umoci docker-registry openssl
-  libnss-myhostname lxcfs)
+  libnss-myhostname lxcfs chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -196,6 +196,19 @@ def test_errors_of_the_api(api: httpx.Client, hearth: Hearth) -> None:
     _error(httpx.get(f"{hearth.api_url}/v2/sandboxes", headers={"X-API-Key": "nope"}), 401)
 
 
+def test_a_wrong_method_is_told_the_paths_own(api: httpx.Client) -> None:
+    """405 with `Allow` naming the methods the description has for the path, through
+    the included routers, and for `/templates/tags` its own, not `/templates/{id}`'s."""
+    for method, path, allowed in [
+        ("OPTIONS", "/api-keys", "GET, POST"),
+        ("PUT", "/templates/tags", "DELETE, POST"),
+        ("PUT", "/templates/some-template", "DELETE, GET, PATCH"),
+    ]:
+        response = api.request(method, path)
+        _error(response, 405)
+        assert response.headers["allow"] == allowed, path
+
+
 # --- the gateway -----------------------------------------------------------------------
 
 

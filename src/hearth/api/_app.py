@@ -1,5 +1,5 @@
-"""The FastAPI application: routes, error mapping, and the lifetimes of the sandbox reaper
-and the template builds."""
+"""The FastAPI application: routes, error mapping, the dashboard, and the lifetimes of the
+sandbox reaper and the template builds."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from hearth.api._telemetry import InstrumentedRequests
 from hearth.api._templates import Templates
 from hearth.api._uploads import UPLOAD_PATH
 from hearth.api.routes import access, health, sandboxes, snapshots, templates
+from hearth.dashboard import mount as mount_dashboard
 from hearth.node.interface import Node
 from hearth.store import Store
 
@@ -78,6 +79,7 @@ def create_app(
     # gateways `metrics.traffic`).
     app.state.metrics = metrics = ServerMetrics(store, node, builds, node_id=settings.node_id)
     app.include_router(metrics_router)
+    mount_dashboard(app)
     app.add_middleware(BoundedRequests, streamed=UPLOAD_PATH)
     app.add_middleware(_KeepEncodedSlashes)
     app.add_middleware(InstrumentedRequests, observe_create=metrics.observe_create)

@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 _SHOWN = 64  # characters of a client's text that an error message repeats
@@ -83,17 +83,28 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette's names the methods of the first route of the path; there may be more.
-        headers["Allow"] = ", ".join(sorted(_allowed(request)))
+        # A mounted app (the dashboard's files) has no methods here and names its own.
+        allowed = _allowed(request)
+        if allowed or "Allow" not in headers:
+            headers["Allow"] = ", ".join(sorted(allowed))
     return error_response(exc.status_code, str(exc.detail), headers=headers)
 
 
 def _allowed(request: Request) -> set[str]:
-    """The methods some route answers on the request's path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    """The methods of the request's path as the description has it: those of every route
+    of the path template that the first route matching the path has (`/templates/tags`
+    is also a `/templates/{templateID}`, but is described as itself)."""
+    path = request.scope["path"]  # the app is served at the root
+    template, methods = None, set()
+    # Included routers are routes of their own here: their routes' contexts (each with
+    # its full path) are what match a path.
+    for route in iter_route_contexts(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is None or not regex.match(path):
+            continue
+        template = template or route.path_format
+        if route.path_format == template:
+            methods |= set(route.methods or ())
     return methods
 
 
