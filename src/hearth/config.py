@@ -10,6 +10,10 @@ from pathlib import Path
 # The warm pool's size per template (see `Settings.pool_sizes`): a plain create of
 # `base` and of the code interpreter finds a sandbox already running.
 DEFAULT_POOL_SIZES = {"base": 2, "code-interpreter-v1": 1}
+# Sandbox logs kept per sandbox, and how long a killed sandbox's are kept (E2B keeps
+# a sandbox's logs 7 days).
+DEFAULT_SANDBOX_LOG_MAX_BYTES = 8 << 20
+DEFAULT_SANDBOX_LOG_RETENTION = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,14 @@ class Settings:
     sandbox_dns: list[str] = field(default_factory=list)
     # The bearer token `GET /metrics` asks for (HEARTH_METRICS_TOKEN); None: none.
     metrics_token: str | None = None
+    # How long sandboxes' sampled metrics are kept, in hours
+    # (HEARTH_METRICS_RETENTION_HOURS; older samples are deleted as new ones come).
+    metrics_retention_hours: float = 24.0
+    # Bytes of logs kept per sandbox, the oldest lines going first
+    # (HEARTH_SANDBOX_LOG_MAX_BYTES); seconds a killed sandbox's logs are kept after
+    # their last line (HEARTH_SANDBOX_LOG_RETENTION).
+    sandbox_log_max_bytes: int = DEFAULT_SANDBOX_LOG_MAX_BYTES
+    sandbox_log_retention: int = DEFAULT_SANDBOX_LOG_RETENTION
     # Where traces go: the OTLP/HTTP URL of a collector's traces, from the standard
     # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces.
     # None (neither set, OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none): no traces.
@@ -80,6 +92,13 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         tls_key=_path(env.get("HEARTH_TLS_KEY")),
         sandbox_dns=_addresses(env, "HEARTH_SANDBOX_DNS"),
         metrics_token=(env.get("HEARTH_METRICS_TOKEN") or "").strip() or None,
+        metrics_retention_hours=_hours(env, "HEARTH_METRICS_RETENTION_HOURS", 24.0),
+        sandbox_log_max_bytes=_positive(
+            env, "HEARTH_SANDBOX_LOG_MAX_BYTES", DEFAULT_SANDBOX_LOG_MAX_BYTES
+        ),
+        sandbox_log_retention=_positive(
+            env, "HEARTH_SANDBOX_LOG_RETENTION", DEFAULT_SANDBOX_LOG_RETENTION
+        ),
         otlp_traces_endpoint=_traces_endpoint(env),
         otel_service_name=(env.get("OTEL_SERVICE_NAME") or "").strip() or "hearth",
     )
@@ -120,6 +139,19 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     if number < 1:
         raise ValueError(f"{name}: {value!r} is not a positive number")
     return number
+
+
+def _hours(env: Mapping[str, str], name: str, default: float) -> float:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = 0.0
+    if not hours > 0 or hours == float("inf"):
+        raise ValueError(f"{name}: {value!r} is not a positive number of hours")
+    return hours
 
 
 def _path(value: str | None) -> Path | None:

@@ -178,6 +178,9 @@ async def serve(
             build_concurrency=options.build_concurrency or config.settings().build_concurrency,
             max_snapshots=options.max_snapshots or config.settings().max_snapshots,
             metrics_token=options.metrics_token or config.settings().metrics_token,
+            metrics_retention=config.settings().metrics_retention_hours * 3600,
+            sandbox_log_max_bytes=config.settings().sandbox_log_max_bytes,
+            sandbox_log_retention=config.settings().sandbox_log_retention,
         )
         builds = TemplateBuilds(
             store,

@@ -1,5 +1,5 @@
 """The FastAPI application: routes, error mapping, the dashboard, and the lifetimes of the
-sandbox reaper and the template builds."""
+sandbox reaper, the metrics sampler and the template builds."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from hearth.api._live import LiveSandboxes
 from hearth.api._names import ENCODED_SLASH
 from hearth.api._prometheus import ServerMetrics
 from hearth.api._prometheus import router as metrics_router
+from hearth.api._sampler import MetricsSampler
 from hearth.api._sandboxes import Sandboxes
 from hearth.api._settings import ApiSettings
 from hearth.api._snapshots import Snapshots
 from hearth.api._telemetry import InstrumentedRequests
 from hearth.api._templates import Templates
 from hearth.api._uploads import UPLOAD_PATH
-from hearth.api.routes import access, health, sandboxes, snapshots, templates
+from hearth.api.routes import access, health, sandboxes, snapshots, team_metrics, templates
 from hearth.dashboard import mount as mount_dashboard
 from hearth.node.interface import Node
 from hearth.store import Store
@@ -40,7 +41,8 @@ def create_app(
     """The E2B control-plane API over `store` and `node`.
 
     On start it reconciles the store with what the node runs and starts the reaper,
-    which kills (or, with autoPause, pauses) sandboxes at their end; `live_sandboxes(app)`
+    which kills (or, with autoPause, pauses) sandboxes at their end, and the metrics
+    sampler, which keeps what running sandboxes use in the store; `live_sandboxes(app)`
     is what the proxy routes by. Template builds run in `builds` (whoever passes it
     starts and closes it, as `hearth serve` does to build the built-ins before the API
     listens), else in the app's own, closed when the app stops.
@@ -50,7 +52,10 @@ def create_app(
     own_builds = builds is None
     if builds is None:
         builds = TemplateBuilds(store, node, concurrency=settings.build_concurrency)
-    service = Sandboxes(store, node, settings, live, builds)
+    sampler = MetricsSampler(
+        store, node, interval=settings.metrics_interval, retention=settings.metrics_retention
+    )
+    service = Sandboxes(store, node, settings, live, builds, sampler=sampler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,11 +63,13 @@ def create_app(
             await builds.fail_unfinished()
         await service.reconcile()
         reaper = asyncio.create_task(service.reap_forever(), name="hearth-reaper")
+        sampling = asyncio.create_task(sampler.run_forever(), name="hearth-metrics-sampler")
         try:
             yield
         finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+            for task in (reaper, sampling):
+                task.cancel()
+            await asyncio.gather(reaper, sampling, return_exceptions=True)
             if own_builds:
                 await builds.close()
             await service.aclose()
@@ -101,7 +108,7 @@ def _routed(lifespan: Any) -> FastAPI:
         redoc_url=None,
     )
     _errors.install(app)
-    for module in (access, health, sandboxes, snapshots, templates):
+    for module in (access, health, sandboxes, snapshots, team_metrics, templates):
         app.include_router(module.router)
     _openapi.install(app)
     return app

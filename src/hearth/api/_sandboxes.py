@@ -33,11 +33,15 @@ from hearth import tracing
 from hearth.api._builds import TemplateBuilds
 from hearth.api._errors import ApiError, sandbox_not_found
 from hearth.api._live import LiveSandboxes
+from hearth.api._logs import LogLine, SandboxLogs, event_line
+from hearth.api._metrics import RangeError, at_step, step, time_range
 from hearth.api._names import new_id
 from hearth.api._network import egress_from, egress_of
 from hearth.api._quota import Quota, StartWindow
+from hearth.api._sampler import MetricsSampler
 from hearth.api._settings import ApiSettings
 from hearth.api._templates import forget_artifacts, ready_build
+from hearth.node.guest.envd_client import ENVD_PORT
 from hearth.node.interface import (
     EgressNotSupported,
     Node,
@@ -46,12 +50,11 @@ from hearth.node.interface import (
     SandboxSpec,
 )
 from hearth.node.network.policy import UNRESTRICTED, Egress
-from hearth.store import Sandbox, SandboxState, Store, Team
+from hearth.store import Sandbox, SandboxMetric, SandboxState, Store, Team
 from hearth.template.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
-ENVD_PORT = 49983
 _IDEMPOTENCY_KEY = re.compile(r"[a-z0-9-]{1,255}")
 IDEMPOTENCY_TTL = 600.0
 # An auto-resume runs for the create-time timeout, or this long if there was none.
@@ -100,8 +103,12 @@ class Sandboxes:
         settings: ApiSettings,
         live: LiveSandboxes,
         builds: TemplateBuilds | None = None,
+        sampler: MetricsSampler | None = None,
     ) -> None:
         self._store = store
+        # Sandboxes' use, sampled into the store; a metrics read of a sandbox not
+        # sampled yet asks it for a sample at once.
+        self._sampler = sampler or MetricsSampler(store, node)
         self._builds = builds  # a create of a built-in waits for its first build
         self._node = node
         self._settings = settings
@@ -113,10 +120,16 @@ class Sandboxes:
         self._start_window = StartWindow()
         self._idempotent: dict[tuple[str, str], tuple[float, asyncio.Future[Sandbox]]] = {}
         self._wake = asyncio.Event()
-        self._http: httpx.AsyncClient | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._pausing: dict[str, asyncio.Future[None]] = {}
         self._capturing: set[str] = set()  # sandboxes whose snapshot is being taken
+        self._http: httpx.AsyncClient | None = None  # envd's, for its logs
+        self.logs = SandboxLogs(
+            settings.data_dir / "sandbox-logs" if settings.data_dir else None,
+            max_bytes=settings.sandbox_log_max_bytes,
+            retention=settings.sandbox_log_retention,
+            max_age=settings.sandbox_log_max_age,
+        )
         live.resumer = self.auto_resume
 
     # --- create ------------------------------------------------------------------------
@@ -286,37 +299,74 @@ class Sandboxes:
             raise sandbox_not_found(sandbox_id)
         return sandbox
 
-    async def metrics(self, team: Team, sandbox_id: str) -> list[dict[str, Any]]:
-        """The sandbox's current use, as envd measures it (one sample: no history kept)."""
-        sandbox = await self.get(team, sandbox_id)
-        address = self._node.address(sandbox_id)
-        if sandbox.state is not SandboxState.RUNNING or address is None:
-            return []
-        headers = {}
-        if sandbox.envd_access_token:
-            headers["X-Access-Token"] = sandbox.envd_access_token
-        url = f"http://{_host(address.host)}:{address.port(ENVD_PORT)}/metrics"
+    async def metrics(
+        self, team: Team, sandbox_id: str, start: int | None, end: int | None
+    ) -> list[SandboxMetric]:
+        """The sandbox's sampled use from `start` to `end` (Unix seconds; by default its
+        whole life so far), one point per step of the range. Paused and killed
+        sandboxes keep their history for the retention, as infra's store keeps it; a
+        running one not sampled yet is sampled now."""
+        sandbox = await self._store.get_sandbox(team.id, sandbox_id, include_killed=True)
+        if sandbox is None:
+            raise sandbox_not_found(sandbox_id)
+        moment = now()
         try:
-            response = await self._client().get(url, headers=headers, timeout=5)
-            response.raise_for_status()
-            m = response.json()
-        except (httpx.HTTPError, ValueError) as e:
-            log.warning("metrics of %s unavailable: %s", sandbox_id, e)
-            return []
-        ts = int(m.get("ts") or time.time())
-        return [
-            {
-                "timestamp": datetime.fromtimestamp(ts, UTC),
-                "timestampUnix": ts,
-                "cpuCount": int(m.get("cpu_count", sandbox.cpu_count)),
-                "cpuUsedPct": float(m.get("cpu_used_pct", 0.0)),
-                "memUsed": int(m.get("mem_used", 0)),
-                "memTotal": int(m.get("mem_total", 0)),
-                "memCache": int(m.get("mem_cache", 0)),
-                "diskUsed": int(m.get("disk_used", 0)),
-                "diskTotal": int(m.get("disk_total", 0)),
-            }
-        ]
+            begin, until = time_range(start, end, sandbox.started_at, moment)
+        except RangeError as e:
+            raise ApiError(400, f"Error when validating metrics time range: {e}") from None
+        samples = await self._store.sandbox_metrics(sandbox_id, begin, until)
+        recent = until >= moment - timedelta(seconds=self._sampler.interval)
+        if (
+            not samples
+            and recent
+            and sandbox.state is SandboxState.RUNNING
+            # Younger than the sampler's round (a poller between rounds waits for it).
+            and not await self._store.latest_sandbox_metrics(team.id, [sandbox_id])
+        ):
+            taken = await self._sampler.sample([sandbox_id])
+            # Taken after `now` was read: within a range that ends now unless told.
+            samples = [
+                s for s in taken if begin <= s.timestamp and (end is None or s.timestamp <= until)
+            ]
+        every = step(begin, until)
+        # Under an hour the step is the sampling interval: the samples are the points.
+        return (
+            at_step(samples, begin, every)
+            if every.total_seconds() > self._sampler.interval
+            else samples
+        )
+
+    async def read_logs(
+        self,
+        team: Team,
+        sandbox_id: str,
+        start: datetime | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[LogLine]:
+        """What the sandbox's envd logged and its lifecycle events, from `start` on,
+        oldest first: all, or the oldest `limit` (the newest, with `newest`); a killed
+        sandbox's too, while they are kept. 404 for a sandbox the team never had."""
+        sandbox = await self._store.get_sandbox(team.id, sandbox_id, include_killed=True)
+        if sandbox is None:
+            raise sandbox_not_found(sandbox_id)
+        if sandbox.state is SandboxState.RUNNING:
+            await self._collect_logs(sandbox)
+        lines = await self.logs.read(sandbox_id, start, limit, newest)
+        events = await self._store.sandbox_events(team.id, sandbox_id, start=start)
+        lines.extend(event_line(e) for e in events)
+        lines.sort(key=lambda line: line.timestamp)
+        if limit is None:
+            return lines
+        return lines[-limit:] if newest and limit else lines[:limit]
+
+    async def _collect_logs(self, sandbox: Sandbox) -> None:
+        """Take what envd logged so far into the kept logs (before the sandbox goes)."""
+        address = self._node.address(sandbox.sandbox_id)
+        if address is None:
+            return
+        base = f"http://{_host(address.host)}:{address.port(ENVD_PORT)}"
+        await self.logs.pull(sandbox.sandbox_id, self._client(), base, sandbox.envd_access_token)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -445,6 +495,7 @@ class Sandboxes:
             expected=[SandboxState.PAUSED],
             end_at=now() + timedelta(seconds=seconds),
         )
+        self.logs.frozen(sandbox_id, False)
         if resumed is None:
             raise sandbox_not_found(sandbox_id)
         self._live.add(resumed)
@@ -529,6 +580,7 @@ class Sandboxes:
             raise ApiError(409, f"Sandbox {sandbox_id} is already paused")
         if expired and sandbox.end_at > now():
             return  # extended since the reaper looked
+        await self._collect_logs(sandbox)
         # The proxy stops routing to it first: nothing reaches a half-paused sandbox.
         self._live.remove(sandbox_id)
         try:
@@ -543,6 +595,7 @@ class Sandboxes:
             self._live.add(sandbox)
             log.exception("node failed to pause sandbox %s", sandbox_id)
             raise ApiError(500, f"Failed to pause sandbox: {e}") from e
+        self.logs.frozen(sandbox_id, True)
         paused = await self._store.set_sandbox_state(
             sandbox_id, SandboxState.PAUSED, expected=[SandboxState.RUNNING], pause_memory=kept
         )
@@ -668,6 +721,8 @@ class Sandboxes:
         if sandbox is None:
             return False
         self._live.remove(sandbox_id)
+        await self._collect_logs(sandbox)  # kept for `retention` after the kill
+        self.logs.closed(sandbox_id)
         try:
             await self._node.kill(sandbox_id)
         except Exception:
@@ -697,6 +752,7 @@ class Sandboxes:
             sandbox_id = sandbox.sandbox_id
             known.add(sandbox_id)
             if sandbox_id in paused:
+                self.logs.frozen(sandbox_id, True)
                 kept = paused[sandbox_id]
                 # A node that stopped mid-pause has it paused before the store does.
                 now_paused = await self._store.set_sandbox_state(
@@ -724,6 +780,10 @@ class Sandboxes:
                 await self.reap()
             except Exception:
                 log.exception("reaper failed")
+            try:
+                await self._expire_logs()
+            except Exception:
+                log.exception("sandbox log retention failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.reap_interval):
                     await self._wake.wait()
@@ -745,6 +805,18 @@ class Sandboxes:
                     expected=[SandboxState.PAUSED],
                     pause_memory=False,
                 )
+
+    async def _expire_logs(self) -> None:
+        """Delete the kept logs of sandboxes gone for longer than the retention (a live
+        one, paused for as long, keeps its own)."""
+        if not self.logs.due_sweep():
+            return
+        expired = await asyncio.to_thread(self.logs.expired)
+        if not expired:
+            return
+        live = await self._store.running_on_node(self._settings.node_id, include_paused=True)
+        gone = set(expired) - {s.sandbox_id for s in live}
+        await asyncio.to_thread(self.logs.delete, gone)
 
     async def _expire(self, sandbox: Sandbox) -> None:
         if sandbox.auto_pause:

@@ -6,8 +6,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from hearth.api._sampler import RETENTION, SAMPLE_INTERVAL
+from hearth.config import DEFAULT_SANDBOX_LOG_MAX_BYTES, DEFAULT_SANDBOX_LOG_RETENTION
+
 # The envd feature level Hearth's envd implements (spec §3.7); the SDK gates on it.
 ENVD_VERSION = "0.6.13"
+LOG_MAX_AGE = 7 * 24 * 3600  # infra's window of a logs query: the last 7 days
 
 
 class ApiSettings(BaseModel):
@@ -36,5 +40,16 @@ class ApiSettings(BaseModel):
     data_dir: Path | None = None
     # Template builds that run on the node at once; the others wait.
     build_concurrency: int = Field(2, ge=1)
+    # Sandbox metrics: seconds between two samples of each running sandbox, and how long
+    # samples are kept.
+    metrics_interval: float = Field(SAMPLE_INTERVAL, gt=0)
+    metrics_retention: float = Field(RETENTION, gt=0)
+    # Sandbox logs kept on this server (under `sandbox-logs/` of data_dir): at most this
+    # many bytes per sandbox (the oldest lines go first), lines no older than
+    # `sandbox_log_max_age` seconds (E2B's 7 days), and a killed sandbox's deleted
+    # `sandbox_log_retention` seconds after its last line.
+    sandbox_log_max_bytes: int = Field(DEFAULT_SANDBOX_LOG_MAX_BYTES, ge=4096)
+    sandbox_log_max_age: float = Field(LOG_MAX_AGE, gt=0)
+    sandbox_log_retention: float = Field(DEFAULT_SANDBOX_LOG_RETENTION, gt=0)
     # The bearer token `GET /metrics` asks for; None: Prometheus scrapes it freely.
     metrics_token: str | None = None

@@ -108,7 +108,8 @@ def metrics(req: Request, state: EnvdState) -> Response:
         200,
         {
             "ts": int(time.time()),
-            "cpu_count": os.cpu_count() or 1,
+            # The CPUs it may run on: a container's own (its cpuset), a VM's vCPUs.
+            "cpu_count": len(os.sched_getaffinity(0)),
             "cpu_used_pct": _cpu_used_pct(),
             "mem_total": total,
             "mem_used": used,

@@ -147,6 +147,7 @@ def handle(request: Request, method: Method, make_context: Callable[[], Context]
 
 
 def _unary(request: Request, method: Method, codec: Codec, make_context) -> Response:
+    message: dict | None = None
     try:
         data = request.body.read()
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -156,15 +157,44 @@ def _unary(request: Request, method: Method, codec: Codec, make_context) -> Resp
             raise RpcError("unimplemented", f"unsupported content encoding '{encoding}'")
         message = codec.decode(data)
         reply = method.handler(make_context(), message)
+        _log_call(request.path, None, message, reply)
         return Response(
             200, [("Content-Type", request.headers["content-type"])], codec.encode(reply)
         )
     except RpcError as e:
+        _log_call(request.path, e, message)
         return unary_error(e)
     except BadRequest:
         raise
     except Exception as e:  # a handler bug must not kill the connection thread
-        return unary_error(RpcError("internal", f"{type(e).__name__}: {e}"))
+        error = RpcError("internal", f"{type(e).__name__}: {e}")
+        _log_call(request.path, error, message)
+        return unary_error(error)
+
+
+def _log_call(
+    path: str,
+    error: RpcError | None,
+    message: object = None,
+    reply: object = None,
+    phase: str | None = None,
+) -> None:
+    """One line per unary call as E2B's envd interceptor writes it (info), or per start
+    and end of a stream (`phase`; debug); error, with the Connect code, when it failed."""
+    from hearth.envd import logs
+
+    fields: dict = {"method": f"POST {path}"}
+    if message is not None:
+        fields["request"] = logs.short_request(message)
+    if error is not None:
+        fields["error"] = error.message
+        fields["error_code"] = error.code
+    elif reply is not None:
+        fields["response"] = logs.short_request(reply)
+    name = logs.rpc_name(path)
+    level = "error" if error is not None else "info" if phase is None else "debug"
+    text = name if phase is None else f"{name} ({phase})"
+    logs.emit(level, logs.rpc_logger(path), text, **fields)
 
 
 def _stream(request, method, codec, make_context, content_type) -> Response:
@@ -172,34 +202,48 @@ def _stream(request, method, codec, make_context, content_type) -> Response:
     some clients stop sending their body once response headers arrive."""
     headers = [("Content-Type", content_type)]
     encoding = request.headers.get("connect-content-encoding", "identity").strip().lower()
+    path = request.path
+    kind = "client stream" if method.kind == "client_stream" else "server stream"
+    message = None
     try:
         ctx = make_context()
         if method.kind == "client_stream":
+            _log_call(path, None, phase=f"{kind} start")
             inputs = (
                 codec.decode(p) for f, p in read_envelopes(request.body, encoding) if not f & 2
             )
             reply = envelope(0, codec.encode(method.handler(ctx, inputs)))
+            _log_call(path, None, phase=f"{kind} end")
             return Response(200, headers, reply + end_stream(None))
         first = next(read_envelopes(request.body, encoding), None)
         request.body.drain()
         if first is None:
             raise RpcError("invalid_argument", "missing request message")
-        events = method.handler(ctx, codec.decode(first[1]))
+        message = codec.decode(first[1])
+        _log_call(path, None, message, phase=f"{kind} start")
+        events = method.handler(ctx, message)
     except RpcError as e:
+        _log_call(path, e, message, phase=f"{kind} end")
         return Response(200, headers, end_stream(e))
     except BadRequest as e:
-        return Response(200, headers, end_stream(RpcError("invalid_argument", str(e))))
+        error = RpcError("invalid_argument", str(e))
+        _log_call(path, error, message, phase=f"{kind} end")
+        return Response(200, headers, end_stream(error))
 
     def frames() -> Iterator[bytes]:
+        failure: RpcError | None = None
         try:
             for event in events:
                 yield envelope(0, codec.encode(event))
             yield end_stream(None)
         except RpcError as e:
+            failure = e
             yield end_stream(e)
         except Exception as e:  # noqa: BLE001 - a handler bug ends the stream, not envd
-            yield end_stream(RpcError("internal", f"{type(e).__name__}: {e}"))
+            failure = RpcError("internal", f"{type(e).__name__}: {e}")
+            yield end_stream(failure)
         finally:
+            _log_call(path, failure, phase=f"{kind} end")
             close = getattr(events, "close", None)
             if close:
                 close()

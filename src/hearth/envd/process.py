@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TypedDict
 
-from hearth.envd import paths, rpc
+from hearth.envd import logs, paths, rpc
 from hearth.envd.context import Context
 from hearth.envd.errors import RpcError
 
@@ -252,6 +252,13 @@ def _pump(proc: Process, table: ProcessTable) -> None:
         assert stdout is not None and stderr is not None, "started without a PTY: both piped"
         fds[stdout.fileno()] = "stdout"
         fds[stderr.fileno()] = "stderr"
+    budget = logs.OutputBudget()
+    # A PTY's output is a terminal's, not lines: E2B's envd does not log it either.
+    lines = {
+        fd: logs.OutputLines(proc.pid, stream, budget)
+        for fd, stream in fds.items()
+        if stream != "pty"
+    }
     pidfd = os.pidfd_open(proc.pid)
     poller = select.poll()
     for fd in fds:
@@ -273,6 +280,8 @@ def _pump(proc: Process, table: ProcessTable) -> None:
             return False
         if proc.forwarding:
             proc.publish({"data": {fds[fd]: _b64(data)}})
+        if fd in lines:
+            lines[fd].write(data)
         return True
 
     try:
@@ -304,8 +313,24 @@ def _pump(proc: Process, table: ProcessTable) -> None:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
                 proc.stdin = None
+    for out in lines.values():
+        out.flush()
     table.retire(proc)
-    proc.finish(end_event(returncode))
+    end = end_event(returncode)
+    # Logged before the end is published: who sees the end finds its line in the logs.
+    logs.emit(
+        "info",
+        logs.PROCESS,
+        f"Process with pid {proc.pid} ended",
+        event_type="process_end",
+        pid=proc.pid,
+        exit_code=end["exitCode"],
+        exited=end["exited"],
+        status=end["status"],
+        **({"error": end["error"]} if "error" in end else {}),
+        process_result=end,
+    )
+    proc.finish(end)
 
 
 def _environment(ctx: Context, user, request_envs: dict) -> dict[str, str]:
@@ -369,6 +394,21 @@ def _spawn(ctx: Context, req: dict) -> Process:
         if pty_fd is not None:
             os.close(pty_fd)
         raise RpcError("internal", f"error starting process '{' '.join([cmd, *args])}': {e}") from e
+    fields = {"tag": req["tag"]} if req.get("tag") is not None else {}
+    logs.emit(
+        "info",
+        logs.PROCESS,
+        f"Process with pid {popen.pid} started",
+        event_type="process_start",
+        pid=popen.pid,
+        command=" ".join([cmd, *args]),
+        cmd=cmd,
+        args=args,
+        cwd=cwd,
+        user=user.name,
+        pty=pty is not None,
+        **fields,
+    )
     return Process(popen, config, req.get("tag"), pty_fd)
 
 

@@ -88,10 +88,15 @@ class Envd:
 
             ctx = Context(self.state, None, req.headers, None)  # files resolve `username`
             if method in ("GET", "HEAD"):
-                return files.get_files(req, ctx)
-            if method == "POST":
-                return files.post_files(req, ctx)
-            return Response.error(405, "method not allowed")
+                resp = files.get_files(req, ctx)
+            elif method == "POST":
+                resp = files.post_files(req, ctx)
+            else:
+                return Response.error(405, "method not allowed")
+            from hearth.envd import logs
+
+            logs.log_files(req, resp)
+            return resp
         if path == "/init" and method == "POST":
             return api.init(req, self.state)
         if not self.authorized(req):
@@ -100,6 +105,10 @@ class Envd:
             return api.envs(req, self.state)
         if path == "/metrics" and method == "GET":
             return api.metrics(req, self.state)
+        if path == "/logs" and method == "GET":
+            from hearth.envd import logs
+
+            return logs.serve(req)
         service, _, name = path.strip("/").partition("/")
         if method == "POST" and service in SERVICES:
             rpc_method = importlib.import_module(SERVICES[service]).METHODS.get(name)

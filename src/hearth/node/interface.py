@@ -6,7 +6,7 @@ In `hearth serve` the node is in-process; in a cluster the same calls go over no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +71,21 @@ class SandboxAddress:
 
     def port(self, sandbox_port: int) -> int:
         return self.port_map.get(sandbox_port, sandbox_port)
+
+
+@dataclass(frozen=True)
+class SandboxUsage:
+    """One sample of what a sandbox uses of its own limits (bytes; `cpu_used_pct` is
+    of all its vCPUs: 100 is every one of them busy)."""
+
+    timestamp: float  # seconds since the epoch
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
 
 
 class SandboxNotFound(LookupError):
@@ -140,6 +155,10 @@ class Node(Protocol):
 
     def address(self, sandbox_id: str) -> SandboxAddress | None:
         """Where a running sandbox is reached, or None."""
+
+    async def usage(self, sandbox_ids: Collection[str] | None = None) -> dict[str, SandboxUsage]:
+        """A sample of what each running sandbox (or each of `sandbox_ids` that runs)
+        uses now, by id; paused ones, and ones that stop meanwhile, are left out."""
 
     async def running(self) -> list[str]:
         """The ids of the sandboxes this node runs (for reconcile)."""

@@ -18,9 +18,11 @@ The API is async; everything that blocks runs in threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
@@ -38,6 +40,7 @@ from hearth.node.interface import (
     SandboxAddress,
     SandboxNotFound,
     SandboxSpec,
+    SandboxUsage,
 )
 from hearth.node.network import NetworkPool
 from hearth.node.network.policy import UNRESTRICTED, Egress
@@ -47,6 +50,7 @@ from hearth.node.network.slots import DEFAULT_POOL
 from hearth.node.pool import PoolShape, WarmPool
 from hearth.node.runtime import _freezer
 from hearth.node.runtime._threads import to_thread_to_the_end
+from hearth.node.usage import ContainerMeter, ContainerProbe, from_envd
 from hearth.template import builtins
 from hearth.template.artifact import Artifact
 from hearth.template.builder import Builder, StartFailed, wait_started
@@ -67,6 +71,9 @@ ENVD_VERSION = "0.6.13"  # the E2B envd whose protocol Hearth's envd speaks
 # used); a user's build is bounded by its template's diskSizeMB instead.
 # A step's layer is one RUN's changes, e.g. a pip install of a whole ML stack.
 BUILD_DISK_MB = 20480
+# Samples asked of envds at once, and how long one may take (`usage()`).
+ENVD_SAMPLES_AT_ONCE = 32
+ENVD_SAMPLE_TIMEOUT = 2.0
 ISOLATED_EGRESS = (
     "Network rules need the container or microvm runtime: isolated sandboxes share the "
     "host's network (start hearth serve with --runtime container)."
@@ -235,6 +242,11 @@ class LocalNode:
         self._closed = False
         self._pool: WarmPool[_Sandbox] | None = None  # container runtime only
         self._tasks: set[asyncio.Task[None]] = set()  # background preparation
+        # What `usage()` measures with: the host's view of containers, and for the
+        # others envd, with the token each sandbox's envd was given.
+        self._meter = ContainerMeter()
+        self._tokens: dict[str, str | None] = {}
+        self._metering = asyncio.Lock()  # one usage() at a time; close() waits for it
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -356,6 +368,7 @@ class LocalNode:
                     sandbox = await self.runtime.start(spec, layers)
                     await self._start_template(sandbox, spec)  # stops the sandbox if it fails
             self._sandboxes[sandbox_id] = sandbox
+            self._tokens[sandbox_id] = spec.envd_access_token
         finally:
             self._starting.discard(sandbox_id)
         return sandbox.address
@@ -626,6 +639,7 @@ class LocalNode:
             sandbox = self._sandboxes.pop(sandbox_id, None)
             paused = self._paused.pop(sandbox_id, None)
             self._locks.pop(sandbox_id, None)
+            self._tokens.pop(sandbox_id, None)
             if sandbox is not None:
                 await sandbox.stop()
             elif paused is not None:
@@ -659,6 +673,7 @@ class LocalNode:
             sandbox = await paused.resume(spec)
             del self._paused[sandbox_id]
             self._sandboxes[sandbox_id] = sandbox
+            self._tokens[sandbox_id] = spec.envd_access_token
             artifact = spec.artifact
             if cold and artifact is not None and artifact.start_cmd:
                 # A cold boot starts the template's services again, as a create does.
@@ -738,6 +753,70 @@ class LocalNode:
     async def running(self) -> list[str]:
         return sorted(self._sandboxes)
 
+    async def usage(self, sandbox_ids: Collection[str] | None = None) -> dict[str, SandboxUsage]:
+        """A sample of what each running sandbox (or each of `sandbox_ids` that runs)
+        uses of its own limits, by id. Paused ones are not sampled; one that a pause,
+        resume or kill holds, or that stops meanwhile, is left out: a sample never
+        waits for a sandbox's teardown, and one that comes during the reads (a few
+        milliseconds) waits for them rather than unmount a disk being read."""
+        async with self._metering:
+            if self._closed:
+                return {}
+            wanted = list(self._sandboxes) if sandbox_ids is None else sandbox_ids
+            held: list[asyncio.Lock] = []
+            try:
+                probes: dict[str, ContainerProbe] = {}
+                others: dict[str, _Sandbox] = {}
+                for sandbox_id in wanted:
+                    sandbox = self._sandboxes.get(sandbox_id)
+                    if sandbox is None or self._lock(sandbox_id).locked():
+                        continue
+                    lock = self._lock(sandbox_id)
+                    probe = getattr(sandbox, "usage_probe", None)
+                    if probe is None:
+                        others[sandbox_id] = sandbox  # asked over the network: no lock
+                    elif (found := probe()) is not None:
+                        # Free, so taken at once: a kill that comes now waits for the
+                        # reads, and no read meets a disk that is being unmounted.
+                        await lock.acquire()
+                        held.append(lock)
+                        probes[sandbox_id] = found
+                read = to_thread_to_the_end(
+                    functools.partial(self._meter.read, probes, every=sandbox_ids is None)
+                )
+                hosted, asked = await asyncio.gather(read, self._envd_usage(others))
+                return {**hosted, **asked}
+            finally:
+                for lock in held:
+                    lock.release()
+
+    async def _envd_usage(self, sandboxes: Mapping[str, _Sandbox]) -> dict[str, SandboxUsage]:
+        """Samples from the sandboxes' own envds (a microVM's guest sees its own limits;
+        an isolated sandbox has none)."""
+        if not sandboxes:
+            return {}
+        found: dict[str, SandboxUsage] = {}
+        ask = asyncio.Semaphore(ENVD_SAMPLES_AT_ONCE)
+
+        async def sample(client: Any, sandbox_id: str, sandbox: _Sandbox) -> None:
+            record = getattr(sandbox, "record", None)
+            token = self._tokens.get(sandbox_id) or getattr(record, "envd_token", None)
+            headers = {"X-Access-Token": token} if token else {}
+            async with ask:
+                try:
+                    address = sandbox.address
+                    port = address.port(envd_client.ENVD_PORT)
+                    url = f"http://{address.host}:{port}/metrics"
+                    response = await client.get(url, headers=headers)
+                    response.raise_for_status()
+                    found[sandbox_id] = from_envd(response.json(), time.time())
+                except Exception as e:  # a sandbox that does not answer has no sample
+                    log.debug("no sample of %s from its envd: %s", sandbox_id, e)
+
+        async with envd_client.client(ENVD_SAMPLE_TIMEOUT, read=ENVD_SAMPLE_TIMEOUT) as client:
+            await asyncio.gather(*(sample(client, i, s) for i, s in sandboxes.items()))
+        return found
+
     async def detach(self) -> None:
         """Let go of the sandboxes without stopping them, for a node process that exits
         and will be started again: its next `start()` adopts them (see `reconcile`).
@@ -745,6 +824,8 @@ class LocalNode:
         The warm pool's sandboxes are stopped: nobody has claimed them; so are build
         sandboxes (a build cut off is failed at the next start) and their driver's LXCFS."""
         self._closed = True
+        async with self._metering:  # a sample under way reads what is let go of here
+            pass
         await self._cancel_background()
         if self._pool is not None:
             await self._pool.close()
@@ -767,6 +848,8 @@ class LocalNode:
     async def close(self) -> None:
         """Stop every sandbox, paused ones too, and release what the node holds."""
         self._closed = True
+        async with self._metering:  # a sample under way reads what is stopped here
+            pass
         await self._cancel_background()
         if self._pool is not None:
             await self._pool.close()

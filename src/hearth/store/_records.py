@@ -153,6 +153,43 @@ class SandboxEvent:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxMetric:
+    """One sample of what a sandbox used of its own limits (bytes; `cpu_used_pct` of
+    all its vCPUs)."""
+
+    sandbox_id: str
+    timestamp: datetime
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
+
+
+# The sandbox events (types) that start its running and that end it; the api records them.
+STARTED = ("sandbox.created", "sandbox.resumed")
+STOPPED = ("sandbox.paused", "sandbox.killed")
+CREATED = STARTED[0]
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """A sandbox starting to run (created, resumed) or ceasing to (paused, killed), for
+    a team's series of running sandboxes."""
+
+    sandbox_id: str
+    type: str
+    timestamp: datetime
+
+    @property
+    def starts(self) -> bool:
+        """Whether the sandbox runs from this event on."""
+        return self.type in STARTED
+
+
 class StoreError(Exception):
     """Base of the errors the store raises on purpose."""
 

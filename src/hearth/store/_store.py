@@ -1,5 +1,5 @@
-"""The store: teams, API keys, sandboxes, templates and their builds, and events, behind
-plain async methods.
+"""The store: teams, API keys, sandboxes, templates and their builds, events and
+metrics, behind plain async methods.
 
 Every method runs its own short transaction and returns records from `_records`, so
 callers never hold a session or a row. Writes that race (two pauses, a kill during a
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from hearth.store._builds import BuildStore
 from hearth.store._engine import create_engine
 from hearth.store._events import EventStore
+from hearth.store._metrics import MetricStore
 from hearth.store._migrate import upgrade
 from hearth.store._sandboxes import SandboxStore
 from hearth.store._teams import TeamStore
@@ -33,7 +34,7 @@ async def open(url: str | sa.URL) -> Store:
     return store
 
 
-class Store(TeamStore, SandboxStore, TemplateStore, BuildStore, EventStore):
+class Store(TeamStore, SandboxStore, TemplateStore, BuildStore, EventStore, MetricStore):
     async def close(self) -> None:
         await self._engine.dispose()
 

@@ -234,3 +234,23 @@ template_tags = sa.Table(
     sa.Column("build_id", sa.String(36), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+# Samples of each running sandbox's use, every few seconds while it runs; kept for a
+# bounded time (the sampler deletes older ones). Read by sandbox in time order, and
+# pruned by time.
+sandbox_metrics = sa.Table(
+    "sandbox_metrics",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("sandbox_id", sa.String(64), nullable=False),
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Column("cpu_count", sa.Integer(), nullable=False),
+    sa.Column("cpu_used_pct", sa.Float(), nullable=False),
+    sa.Column("mem_used", sa.BigInteger(), nullable=False),
+    sa.Column("mem_total", sa.BigInteger(), nullable=False),
+    sa.Column("mem_cache", sa.BigInteger(), nullable=False),
+    sa.Column("disk_used", sa.BigInteger(), nullable=False),
+    sa.Column("disk_total", sa.BigInteger(), nullable=False),
+    sa.Index(None, "sandbox_id", "timestamp"),
+    sa.Index(None, "timestamp"),
+)

@@ -9,6 +9,7 @@ request may carry is bounded (`hearth.api._limits`).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hearth.api._limits import EnvVars, Metadata, RequestBody, Seconds
 from hearth.store import Sandbox as SandboxRecord
+from hearth.store import SandboxMetric as StoredMetric
 from hearth.store import SandboxState
 
 
@@ -213,6 +215,9 @@ def _listed_fields(sandbox: SandboxRecord) -> dict[str, Any]:
 
 
 class SandboxMetric(BaseModel):
+    """One sample of what a sandbox used of its own limits (bytes; `cpuUsedPct` of all
+    its vCPUs)."""
+
     timestamp: datetime
     timestampUnix: int
     cpuCount: int
@@ -223,16 +228,40 @@ class SandboxMetric(BaseModel):
     diskUsed: int
     diskTotal: int
 
+    @classmethod
+    def of(cls, metric: StoredMetric) -> SandboxMetric:
+        return cls(
+            timestamp=metric.timestamp,
+            timestampUnix=math.floor(metric.timestamp.timestamp()),
+            cpuCount=metric.cpu_count,
+            cpuUsedPct=metric.cpu_used_pct,
+            memUsed=metric.mem_used,
+            memTotal=metric.mem_total,
+            memCache=metric.mem_cache,
+            diskUsed=metric.disk_used,
+            diskTotal=metric.disk_total,
+        )
+
+
+class SandboxesWithMetrics(BaseModel):
+    """The latest sample of each asked-for sandbox that has one, by id."""
+
+    sandboxes: dict[str, SandboxMetric]
+
 
 class SandboxLog(BaseModel):
     timestamp: datetime
     line: str
 
 
+LogLevel = Literal["debug", "info", "warn", "error"]
+LogsDirection = Literal["forward", "backward"]
+
+
 class SandboxLogEntry(BaseModel):
     timestamp: datetime
     message: str
-    level: Literal["debug", "info", "warn", "error"]
+    level: LogLevel
     fields: dict[str, str]
 
 

@@ -1,13 +1,13 @@
 """Sandbox routes: create, list, get, kill, timeout, refresh, connect, pause, resume,
-metrics, logs."""
+metrics (`_metrics.py`, sampled by `_sampler.py`), logs."""
 
 from __future__ import annotations
 
-import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, TypedDict
 
-from fastapi import APIRouter, Body, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from pydantic import AfterValidator
 
 from hearth.api._auth import CurrentTeam
@@ -15,6 +15,9 @@ from hearth.api._deps import SandboxesDep, SettingsDep, StoreDep
 from hearth.api._errors import ApiError, responses, sandbox_not_found
 from hearth.api._filters import decode_metadata, decode_states, decode_time
 from hearth.api._limits import MAX_UNIX_MS
+from hearth.api._logs import LEVELS as LOG_LEVELS
+from hearth.api._logs import LogLine
+from hearth.api._metrics import UnixSeconds
 from hearth.api._network import egress_from
 from hearth.api._paging import NEXT_TOKEN
 from hearth.api._sandboxes import CreateRequest
@@ -22,12 +25,15 @@ from hearth.api.routes.sandbox_schemas import (
     ConnectSandbox,
     ConnectSandboxV2,
     ListedSandbox,
+    LogLevel,
+    LogsDirection,
     NewSandbox,
     NewSandboxV2,
     RefreshRequest,
     ResumedSandbox,
     Sandbox,
     SandboxDetail,
+    SandboxesWithMetrics,
     SandboxLog,
     SandboxLogEntry,
     SandboxLogs,
@@ -38,7 +44,7 @@ from hearth.api.routes.sandbox_schemas import (
     SandboxPauseRequest,
     TimeoutRequest,
 )
-from hearth.store import MAX_PAGE, InvalidCursor, SandboxState, Store, Team
+from hearth.store import MAX_PAGE, InvalidCursor, SandboxState
 
 router = APIRouter(responses=responses(400, 401, 500))
 
@@ -51,8 +57,11 @@ def _short_id(sandbox_id: str) -> str:
 
 
 SandboxId = Annotated[str, Path(alias="sandboxID"), AfterValidator(_short_id)]
+MAX_LOG_LIMIT = 1000  # log lines one call returns at most, infra's bound
 # A time in milliseconds since the epoch.
 UnixMillis = Annotated[int, Query(ge=0, le=MAX_UNIX_MS)]
+MAX_METRICS_IDS = 100  # infra's bound on the sandboxes of one metrics request
+SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
 
 
 # --- create ----------------------------------------------------------------------------
@@ -213,6 +222,30 @@ async def list_sandboxes_v2(
     return [ListedSandbox.of(s) for s in page]
 
 
+# Before `/sandboxes/{sandboxID}`, which would take `metrics` for an id.
+@router.get("/sandboxes/metrics")
+async def get_sandboxes_metrics(
+    request: Request,
+    team: CurrentTeam,
+    store: StoreDep,
+    sandbox_ids: Annotated[
+        str, Query(description="Sandbox ids, comma-separated or repeated (at most 100)")
+    ],
+) -> SandboxesWithMetrics:
+    """The latest sample of each of the team's sandboxes asked for that has one; ids of
+    other teams' sandboxes and unknown ones are left out."""
+    # E2B's spec has an array sent comma-separated (explode: false); clients that send
+    # it exploded repeat the parameter, and every repetition counts.
+    given = request.query_params.getlist("sandbox_ids") or [sandbox_ids]
+    wanted = list(dict.fromkeys(_short_id(i) for part in given for i in part.split(",")))
+    if len(wanted) > MAX_METRICS_IDS:
+        raise ApiError(400, f"Too many sandboxes requested, maximum is {MAX_METRICS_IDS}")
+    # What cannot be a sandbox id names none (and never reaches the database).
+    ids = [i for i in wanted if SANDBOX_ID.fullmatch(i)]
+    latest = await store.latest_sandbox_metrics(team.id, ids)
+    return SandboxesWithMetrics(sandboxes={i: SandboxMetric.of(m) for i, m in latest.items()})
+
+
 # The parser crashes on a `network: null`; an absent optional field is always safe.
 @router.get("/sandboxes/{sandboxID}", response_model_exclude_none=True, responses=responses(404))
 async def get_sandbox(
@@ -223,52 +256,72 @@ async def get_sandbox(
 
 @router.get("/sandboxes/{sandboxID}/metrics", responses=responses(404))
 async def get_sandbox_metrics(
-    sandbox_id: SandboxId, team: CurrentTeam, sandboxes: SandboxesDep
+    sandbox_id: SandboxId,
+    team: CurrentTeam,
+    sandboxes: SandboxesDep,
+    start: UnixSeconds | None = None,
+    end: UnixSeconds | None = None,
 ) -> list[SandboxMetric]:
-    return [SandboxMetric(**m) for m in await sandboxes.metrics(team, sandbox_id)]
+    """The sandbox's sampled use from `start` to `end` (Unix seconds; by default since
+    it started), running, paused or killed (for as long as its samples are kept)."""
+    metrics = await sandboxes.metrics(team, sandbox_id, start, end)
+    return [SandboxMetric.of(m) for m in metrics]
 
 
 @router.get("/sandboxes/{sandboxID}/logs", responses=responses(404))
 async def get_sandbox_logs(
     sandbox_id: SandboxId,
     team: CurrentTeam,
-    store: StoreDep,
+    sandboxes: SandboxesDep,
     start: UnixMillis | None = None,
-    limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
+    limit: Annotated[int, Query(ge=0, le=MAX_LOG_LIMIT)] = MAX_LOG_LIMIT,
 ) -> SandboxLogs:
-    """v1 logs: the sandbox's lifecycle events, as lines and as entries (`start` in ms)."""
-    entries = await _log_entries(store, team, sandbox_id, start, limit)
-    lines = [SandboxLog(timestamp=e.timestamp, line=e.message) for e in entries]
-    return SandboxLogs(logs=lines, logEntries=entries)
+    """v1 logs (what the E2B CLI reads): the oldest `limit` lines from `start` (ms) on,
+    each `line` one JSON object with `level`, `logger`, `message` and its fields."""
+    since = datetime.fromtimestamp(start / 1000, UTC) if start else None
+    lines = await sandboxes.read_logs(team, sandbox_id, since, limit)
+    return SandboxLogs(
+        logs=[SandboxLog(timestamp=line.timestamp, line=line.raw) for line in lines],
+        logEntries=[_entry(line) for line in lines],
+    )
 
 
 @router.get("/v2/sandboxes/{sandboxID}/logs", responses=responses(404))
 async def get_sandbox_logs_v2(
     sandbox_id: SandboxId,
     team: CurrentTeam,
-    store: StoreDep,
+    sandboxes: SandboxesDep,
     cursor: UnixMillis | None = None,
-    limit: Annotated[int, Query(ge=0, le=1000)] = 1000,
+    limit: Annotated[int, Query(ge=0, le=MAX_LOG_LIMIT)] = MAX_LOG_LIMIT,
+    direction: LogsDirection | None = None,
+    level: LogLevel | None = None,
+    search: Annotated[str | None, Query(max_length=256)] = None,
 ) -> SandboxLogsV2Response:
-    return SandboxLogsV2Response(logs=await _log_entries(store, team, sandbox_id, cursor, limit))
+    """Structured logs, as infra pages them: `forward` takes the oldest `limit` from
+    `cursor` (ms) on, `backward` (the default) the newest before it, both oldest first;
+    `level` is the lowest level shown, `search` a case-sensitive part of the message."""
+    at = datetime.fromtimestamp(cursor / 1000, UTC) if cursor is not None else None
+    forward = direction == "forward"
+    # Unfiltered, only `limit` lines are read; a filter needs them all.
+    filtered = level is not None or bool(search) or (not forward and at is not None)
+    lines = await sandboxes.read_logs(
+        team, sandbox_id, at if forward else None, None if filtered else limit, not forward
+    )
+    if not forward and at is not None:
+        lines = [line for line in lines if line.timestamp < at]
+    if level is not None:
+        lowest = LOG_LEVELS.index(level)
+        lines = [line for line in lines if LOG_LEVELS.index(line.level) >= lowest]
+    if search:
+        lines = [line for line in lines if search in line.message]
+    picked = lines[:limit] if forward else lines[max(len(lines) - limit, 0) :]
+    return SandboxLogsV2Response(logs=[_entry(line) for line in picked])
 
 
-async def _log_entries(
-    store: Store, team: Team, sandbox_id: SandboxId, start_ms: int | None, limit: int
-) -> list[SandboxLogEntry]:
-    if await store.get_sandbox(team.id, sandbox_id, include_killed=True) is None:
-        raise sandbox_not_found(sandbox_id)
-    start = datetime.fromtimestamp(start_ms / 1000, UTC) if start_ms else None
-    events = await store.sandbox_events(team.id, sandbox_id, start=start, limit=limit)
-    return [
-        SandboxLogEntry(
-            timestamp=e.timestamp,
-            message=f"{e.type} {json.dumps(e.payload, sort_keys=True)}",
-            level="info",
-            fields={"type": e.type, **{k: str(v) for k, v in e.payload.items()}},
-        )
-        for e in events
-    ]
+def _entry(line: LogLine) -> SandboxLogEntry:
+    return SandboxLogEntry(
+        timestamp=line.timestamp, message=line.message, level=line.level, fields=line.fields()
+    )
 
 
 # --- change ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from hearth.node.usage import CGROUP_ROOT
 
 
 class CpuPlacement:

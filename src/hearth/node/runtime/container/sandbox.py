@@ -76,6 +76,7 @@ from hearth.node.runtime.container.bundle import (
 from hearth.node.runtime.container.cpus import CpuPlacement
 from hearth.node.runtime.container.idblocks import IdBlockError, IdBlocks
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
+from hearth.node.usage import ContainerProbe
 from hearth.template.artifact import Artifact
 
 if TYPE_CHECKING:
@@ -193,6 +194,19 @@ class ContainerSandbox:
     def artifact(self) -> Artifact | None:
         """What the sandbox was created from (its layers, its start command)."""
         return Artifact.from_json(self.record.artifact) if self.record.artifact else None
+
+    def usage_probe(self) -> ContainerProbe | None:
+        """Where the host reads what the running sandbox uses (`node/usage.py`); None
+        while it is paused or stopping."""
+        if self._runtime is None or self._stopping or self.paused or self.container is None:
+            return None
+        disk = (
+            self.directory / overlay_disk.MOUNTPOINT
+            if self.record.disk_mb
+            else own_layer(self.directory, self.record)
+        )
+        cgroup = f"{self._runtime.cgroup_parent}/{self.record.sandbox_id}"
+        return ContainerProbe(cgroup=cgroup, disk=disk, init_pid=self.init_pid)
 
     async def set_egress(self, egress: Egress) -> None:
         """Replace what the running sandbox may reach, and keep it in its record."""
