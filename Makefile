@@ -38,4 +38,5 @@ envd-bundle: setup
 bench: setup envd-bundle
 	uv run python bench/envd.py
 	uv run python bench/sandbox.py
+	uv run python bench/metrics.py
 	uv run python bench/interpreter.py

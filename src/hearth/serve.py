@@ -36,6 +36,7 @@ from hearth.api import (
     live_sandboxes,
     start_builtin,
 )
+from hearth.dashboard import DASHBOARD_PATH
 from hearth.node.interface import Node
 from hearth.proxy import Gateway, Listener, TLSContexts, listen
 from hearth.store import Build, Store
@@ -543,6 +544,7 @@ def main(options: ServeOptions) -> int:
             )
         else:
             log.info("https on the same port, with the certificate given")
+        log.info("the dashboard: %s%s/ (log in with an API key)", running.api_url, DASHBOARD_PATH)
         log.info("listening on %s; point the E2B SDK at it with:", running.api_url)
         print("\n".join(running.recipe()), flush=True)
 

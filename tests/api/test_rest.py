@@ -103,18 +103,8 @@ def test_detail_metrics_and_logs(api: httpx.Client, created: dict) -> None:
     assert detail["envdAccessToken"] == created["envdAccessToken"]
     assert detail["lifecycle"] == {"autoResume": False, "onTimeout": "kill"}
 
+    # Their fields and values: tests/api/test_metrics.py.
     (metric,) = api.get(f"/sandboxes/{sandbox_id}/metrics").json()
-    assert set(metric) == {
-        "timestamp",
-        "timestampUnix",
-        "cpuCount",
-        "cpuUsedPct",
-        "memUsed",
-        "memTotal",
-        "memCache",
-        "diskUsed",
-        "diskTotal",
-    }
     assert metric["memTotal"] > 0 and metric["diskTotal"] > 0
     metrics = Sandbox.get_metrics(sandbox_id)
     assert metrics and metrics[0].mem_total > 0
