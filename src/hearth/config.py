@@ -70,6 +70,10 @@ class Settings:
     otlp_traces_endpoint: str | None = None
     # The service.name of its spans (OTEL_SERVICE_NAME).
     otel_service_name: str = "hearth"
+    # Container sandboxes get their envd forked by the node's pre-imported envd zygote
+    # into their namespaces, under a minimal init, instead of starting envd as their
+    # init (HEARTH_ENVD_ZYGOTE=1; off by default).
+    envd_zygote: bool = False
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -101,7 +105,17 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         otlp_traces_endpoint=_traces_endpoint(env),
         otel_service_name=(env.get("OTEL_SERVICE_NAME") or "").strip() or "hearth",
+        envd_zygote=_flag(env, "HEARTH_ENVD_ZYGOTE"),
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}: {value!r} is neither on (1, true) nor off (0, false)")
 
 
 def _traces_endpoint(env: Mapping[str, str]) -> str | None:

@@ -1,5 +1,5 @@
 """microVM sandboxes through `hearth serve` and the real e2b SDK: create, commands,
-files, pause and resume (the SDK's own calls), kill."""
+files, pause and resume (the SDK's own calls), kill, and the guest envd's logs."""
 
 from __future__ import annotations
 
@@ -225,3 +225,27 @@ def test_sdk_snapshot_and_fork_keep_the_memory(served):
             copy.kill()
         Sandbox.kill(sandbox.sandbox_id)
     assert _wait_for(lambda: not [p for p in saved.iterdir() if not p.name.startswith(".")])
+
+
+def test_guest_envd_lines_are_served_and_kept_after_the_kill(served):
+    """Sandbox logs of a microVM sandbox: the guest's envd lines reach the logs routes
+    the same way as a container's (pulled through envd's port), also after the kill."""
+    import json
+    import os
+
+    import httpx
+    from e2b import Sandbox
+
+    sbx = Sandbox.create("base", timeout=600)
+    try:
+        sbx.commands.run("echo from-the-guest; echo to-stderr >&2")
+        sbx.files.write("/tmp/guest.txt", "x")
+    finally:
+        sbx.kill()
+    headers = {"X-API-Key": os.environ["E2B_API_KEY"]}
+    url = f"{os.environ['E2B_API_URL']}/sandboxes/{sbx.sandbox_id}/logs"
+    records = [json.loads(e["line"]) for e in httpx.get(url, headers=headers).json()["logs"]]
+    output = {(r.get("stream"), r["message"]) for r in records}
+    assert {("stdout", "from-the-guest"), ("stderr", "to-stderr")} <= output
+    assert any(r["message"] == "File write" and r["path"] == "/tmp/guest.txt" for r in records)
+    assert [r["event_type"] for r in records if r["logger"] == "system"][-1] == "sandbox.killed"

@@ -1035,6 +1035,8 @@ class _ContainerDriver:
         return None
 
     async def detach(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.let_go()
         await self._let_go_of_lxcfs()
 
     async def _let_go_of_lxcfs(self) -> None:
@@ -1056,6 +1058,7 @@ class _ContainerDriver:
 
         # The rules table stays (empty of slots), as forwarding does: another node
         # process on this host may still use them.
+        await runtime.let_go()
         await asyncio.to_thread(runtime.remove_cgroup_parents)
         await self._let_go_of_lxcfs()
 

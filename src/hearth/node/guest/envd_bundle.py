@@ -115,12 +115,8 @@ def envd_command(bundle_dir_inside_root: str, host: str, port: int) -> list[str]
     incompatible version. argv[0] of the interpreter stays `bin/python3.11`, which is
     where CPython looks for its `._pth` file.
     """
-    b = bundle_dir_inside_root
     return [
-        posixpath.join(b, "lib", LOADER),
-        "--library-path",
-        posixpath.join(b, "lib"),
-        posixpath.join(b, "bin", PYTHON),
+        *bundle_interpreter(bundle_dir_inside_root),
         "-I",
         "-m",
         "hearth.envd",
@@ -129,6 +125,23 @@ def envd_command(bundle_dir_inside_root: str, host: str, port: int) -> list[str]
         "--port",
         str(port),
     ]
+
+
+def bundle_interpreter(bundle_dir: str) -> list[str]:
+    """The argv prefix that runs the bundle's Python at `bundle_dir` through its loader."""
+    return [
+        posixpath.join(bundle_dir, "lib", LOADER),
+        "--library-path",
+        posixpath.join(bundle_dir, "lib"),
+        posixpath.join(bundle_dir, "bin", PYTHON),
+    ]
+
+
+def pid1_command(bundle_dir_inside_root: str) -> list[str]:
+    """The argv of the minimal first process of a container whose envd the node's
+    zygote forks in (`hearth/envd/pid1.py`): a script, so that it imports nothing."""
+    script = posixpath.join(bundle_dir_inside_root, "site-packages", "hearth", "envd", "pid1.py")
+    return [*bundle_interpreter(bundle_dir_inside_root), "-I", "-S", script]
 
 
 def envd_environment(bundle_dir: str) -> dict[str, str]:

@@ -26,6 +26,13 @@ restart of the node and is adopted as paused; if it is gone (the host rebooted),
 sandbox becomes a filesystem-only pause, which boots envd again over the same upper
 layer on resume. The record on disk says which pause a sandbox is in.
 
+envd from the node's zygote (HEARTH_ENVD_ZYGOTE, a sandbox's record says which): the
+container's first process is a minimal init (`envd/pid1.py`) instead of envd, and the
+node's envd zygote (`zygote.py`) forks envd into the container once it exists. envd is
+that init's only child; the init ends the container when envd ends, and the node, which
+watches envd, then stops the sandbox and releases what it holds. The rest (health,
+/init, pause, kill, adoption after a restart) is the same either way.
+
 Ids: each sandbox maps its uid/gid 0..65535 to its own host range
 `2**30 + block * 65536`, so no two sandboxes share a host id (blocks are claimed
 host-wide, `idblocks.py`: two node processes never hand out the same one) and nothing
@@ -57,9 +64,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from hearth.config import settings
 from hearth.node.disk import overlay_disk
 from hearth.node.guest import envd_client
-from hearth.node.guest.envd_bundle import envd_command, envd_environment
+from hearth.node.guest.envd_bundle import (
+    bundle_interpreter,
+    envd_command,
+    envd_environment,
+    pid1_command,
+)
 from hearth.node.guest.envd_client import ENVD_PORT, ENVD_TARGET
 from hearth.node.interface import SandboxAddress, SandboxSpec
 from hearth.node.network import NetworkPool, NetworkSlot
@@ -76,6 +89,12 @@ from hearth.node.runtime.container.bundle import (
 from hearth.node.runtime.container.cpus import CpuPlacement
 from hearth.node.runtime.container.idblocks import IdBlockError, IdBlocks
 from hearth.node.runtime.container.oci import CGROUP2_HYBRID_MOUNT, OciRuntime
+from hearth.node.runtime.container.zygote import (
+    EnvdZygote,
+    ZygoteError,
+    spawn_request,
+    zygote_born_envd,
+)
 from hearth.node.usage import ContainerProbe
 from hearth.template.artifact import Artifact
 
@@ -92,6 +111,9 @@ ID_COUNT = 65536
 ID_BLOCKS = 2**14  # keeps every mapped id below 2**31
 DEFAULT_USER = "user"
 RECORD = "record.json"
+# In the runtime's data directory: the envd zygote's socket and its own output.
+ZYGOTE_SOCKET = "envd-zygote.sock"
+ZYGOTE_LOG = "envd-zygote.log"
 # Names a directory, a container and a cgroup: nothing that could leave them.
 SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
 
@@ -136,6 +158,10 @@ class SandboxRecord:
     # None: they are plain directories beside the record (records of earlier versions,
     # hosts without loop devices).
     disk_mb: int | None = None
+    # Its envd is forked in by the node's zygote under a minimal init (`envd_zygote`
+    # of the runtime when it was created), and that envd's host pid.
+    envd_zygote: bool = False
+    envd_pid: int | None = None
 
 
 def lower_layers(record: SandboxRecord) -> list[Path]:
@@ -283,11 +309,14 @@ class ContainerRuntime:
         dns_servers: list[str] | None = None,
         extra_ca: str | None = None,
         lxcfs: Lxcfs | None = None,
+        envd_zygote: bool | None = None,
     ) -> None:
         """`extra_ca`: a CA certificate (PEM) every sandbox trusts besides its
         template's: the local CA, whose certificates the egress proxy presents where it
         applies header transforms over TLS, and the server's sandbox URLs. `lxcfs`: the
-        node's daemon whose files sandboxes read of their own memory and CPUs."""
+        node's daemon whose files sandboxes read of their own memory and CPUs.
+        `envd_zygote`: new sandboxes get their envd from the node's zygote (None: as
+        the settings say)."""
         # Why sandboxes get no disks of their own here (set by `setup()`), or None.
         self.no_disks: str | None = None
         self.data_dir = Path(data_dir)
@@ -304,6 +333,10 @@ class ContainerRuntime:
         self.lxcfs = lxcfs
         self._blocks = IdBlocks(self.sandboxes_dir, ID_BLOCKS)
         self._cpus = CpuPlacement(cgroup_parent)
+        self.envd_zygote = settings().envd_zygote if envd_zygote is None else envd_zygote
+        self.zygote: EnvdZygote | None = None  # made at the first zygote-born envd
+        self._ending: set[asyncio.Task[None]] = set()  # stops of sandboxes whose envd died
+        self._watches: dict[str, Callable[[], None]] = {}  # sandbox id -> its unwatch
 
     def setup(self) -> None:
         for d in (self.data_dir, self.sandboxes_dir, self.oci.state_root):
@@ -358,6 +391,7 @@ class ContainerRuntime:
             build=build,
             artifact=spec.artifact.to_json() if spec.artifact else None,
             disk_mb=None if self.no_disks else spec.disk_mb or overlay_disk.DEFAULT_SIZE_MB,
+            envd_zygote=self.envd_zygote,
         )
         directory = self.sandboxes_dir / spec.sandbox_id
         sandbox = ContainerSandbox(record, directory, stack, self)
@@ -423,6 +457,8 @@ class ContainerRuntime:
         sandbox.container = container
         record.monitor_pid = container.monitor_pid
         await to_thread_to_the_end(_write_record, directory, record)
+        if record.envd_zygote:
+            await self._spawn_envd(sandbox, container)
         await self._wait_healthy(slot.address, container, directory)
         sandbox.init_pid = container.init_pid
         await init_envd(f"http://{slot.address}:{ENVD_PORT}", spec)
@@ -594,7 +630,11 @@ class ContainerRuntime:
             os.chown(path, base, base)
         config = ContainerConfig(
             rootfs=directory / "rootfs",
-            argv=envd_command(ENVD_TARGET, "0.0.0.0", ENVD_PORT),
+            argv=(
+                pid1_command(ENVD_TARGET)
+                if record.envd_zygote
+                else envd_command(ENVD_TARGET, "0.0.0.0", ENVD_PORT)
+            ),
             env={**envd_environment(ENVD_TARGET), "PATH": ENVD_PATH},
             hostname=hostname,
             id_base=base,
@@ -714,6 +754,104 @@ class ContainerRuntime:
     def _dns(self) -> list[str]:
         return sandbox_resolvers(self.dns_servers)
 
+    # --- envd from the node's zygote (records with `envd_zygote`) --------------------
+
+    async def let_go(self) -> None:
+        """Stop watching envds and stop the zygote (a node that detaches or shuts
+        down): the sandboxes and their envds go on, for a next node to adopt."""
+        for unwatch in list(self._watches.values()):
+            unwatch()
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            await to_thread_to_the_end(zygote.close)
+
+    async def _spawn_envd(self, sandbox: ContainerSandbox, container: _Container) -> None:
+        """Have the zygote fork envd into the container just launched, then watch it."""
+        record, directory = sandbox.record, sandbox.directory
+        if self.zygote is None:
+            self.zygote = EnvdZygote(
+                bundle_interpreter(str(self.envd_bundle)),
+                self.envd_bundle,
+                ENVD_TARGET,
+                self.data_dir / ZYGOTE_SOCKET,
+                self.data_dir / ZYGOTE_LOG,
+            )
+        zygote = self.zygote
+
+        def spawn() -> int:
+            init_pid = self._wait_for_init(container, directory)
+            config = json.loads((directory / "config.json").read_text())
+            cgroups = self.cgroup_dirs(record.sandbox_id)
+            request = spawn_request(config, init_pid, cgroups, ENVD_PORT)
+            with open(directory / "envd.log", "ab") as out:
+                return zygote.spawn(request, out.fileno())
+
+        try:
+            record.envd_pid = await to_thread_to_the_end(spawn)
+        except ZygoteError as e:
+            raise ContainerError(f"{e}{_log_tail(directory)}") from None
+        await to_thread_to_the_end(_write_record, directory, record)
+        self._watch_envd(sandbox, record.envd_pid)
+
+    def _wait_for_init(self, container: _Container, directory: Path) -> int:
+        """The host pid of the container's init once the runtime has made it. Blocking."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            code = container.poll()
+            if code is not None:
+                raise ContainerError(
+                    f"the sandbox's container exited ({code}){_log_tail(directory)}"
+                )
+            if container.init_pid is not None:
+                return container.init_pid
+            if time.monotonic() > deadline:
+                raise ContainerError(
+                    f"the container's init did not start in {self.start_timeout} s"
+                )
+            time.sleep(0.002)
+
+    def _adopt_envd(self, sandbox: ContainerSandbox, container: _Container) -> None:
+        """Watch the zygote-born envd of a sandbox a previous node process left."""
+        pid = sandbox.record.envd_pid
+        assert container.init_pid is not None
+        if pid is None or not zygote_born_envd(pid, container.init_pid):
+            raise ContainerError("its envd is gone")
+        self._watch_envd(sandbox, pid)
+
+    def _watch_envd(self, sandbox: ContainerSandbox, pid: int) -> None:
+        """Stop the sandbox when its envd ends (its init has then ended the container):
+        a sandbox is never left running without envd. The watch goes with what the
+        running sandbox holds, first of all (before its container is killed)."""
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise ContainerError(f"its envd (pid {pid}) ended at its start") from None
+        watching = True
+
+        def unwatch() -> None:
+            nonlocal watching
+            if watching:
+                watching = False
+                self._watches.pop(sandbox.sandbox_id, None)
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+
+        def ended() -> None:
+            unwatch()
+            if sandbox._stopping:
+                return
+            log.warning(
+                "sandbox %s: its envd (pid %d) ended; stopping the sandbox", sandbox.sandbox_id, pid
+            )
+            task = loop.create_task(sandbox.stop())
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+        loop.add_reader(pidfd, ended)
+        self._watches[sandbox.sandbox_id] = unwatch
+        sandbox._run.callback(unwatch)
+
     # --- adopt and clean up ----------------------------------------------------------
 
     async def reconcile(self) -> tuple[list[ContainerSandbox], list[str]]:
@@ -797,6 +935,8 @@ class ContainerRuntime:
                     r = await client.get(f"http://{slot.address}:{ENVD_PORT}/health")
                     if r.status_code != 204:
                         raise ContainerError(f"envd answers /health with {r.status_code}")
+            if record.envd_zygote:
+                self._adopt_envd(sandbox, container)
         except Exception as e:
             log.warning("cannot adopt sandbox %s, removing it: %s", record.sandbox_id, e)
             await sandbox.stop()
