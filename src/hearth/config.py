@@ -14,6 +14,8 @@ DEFAULT_POOL_SIZES = {"base": 2, "code-interpreter-v1": 1}
 # a sandbox's logs 7 days).
 DEFAULT_SANDBOX_LOG_MAX_BYTES = 8 << 20
 DEFAULT_SANDBOX_LOG_RETENTION = 7 * 24 * 3600
+# How long sandboxes' sampled metrics are kept, in hours.
+DEFAULT_METRICS_RETENTION_HOURS = 24.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Settings:
     metrics_token: str | None = None
     # How long sandboxes' sampled metrics are kept, in hours
     # (HEARTH_METRICS_RETENTION_HOURS; older samples are deleted as new ones come).
-    metrics_retention_hours: float = 24.0
+    metrics_retention_hours: float = DEFAULT_METRICS_RETENTION_HOURS
     # Bytes of logs kept per sandbox, the oldest lines going first
     # (HEARTH_SANDBOX_LOG_MAX_BYTES); seconds a killed sandbox's logs are kept after
     # their last line (HEARTH_SANDBOX_LOG_RETENTION).
@@ -96,7 +98,9 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         tls_key=_path(env.get("HEARTH_TLS_KEY")),
         sandbox_dns=_addresses(env, "HEARTH_SANDBOX_DNS"),
         metrics_token=(env.get("HEARTH_METRICS_TOKEN") or "").strip() or None,
-        metrics_retention_hours=_hours(env, "HEARTH_METRICS_RETENTION_HOURS", 24.0),
+        metrics_retention_hours=_hours(
+            env, "HEARTH_METRICS_RETENTION_HOURS", DEFAULT_METRICS_RETENTION_HOURS
+        ),
         sandbox_log_max_bytes=_positive(
             env, "HEARTH_SANDBOX_LOG_MAX_BYTES", DEFAULT_SANDBOX_LOG_MAX_BYTES
         ),

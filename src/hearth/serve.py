@@ -173,15 +173,16 @@ async def serve(
         keep = options.runtime in ("container", "microvm")
         stack.push_async_callback(detach if keep and detach is not None else node.close)
 
+        environment = config.settings()
         settings = ApiSettings(
             max_timeout=options.max_timeout,
             data_dir=data_dir,
-            build_concurrency=options.build_concurrency or config.settings().build_concurrency,
-            max_snapshots=options.max_snapshots or config.settings().max_snapshots,
-            metrics_token=options.metrics_token or config.settings().metrics_token,
-            metrics_retention=config.settings().metrics_retention_hours * 3600,
-            sandbox_log_max_bytes=config.settings().sandbox_log_max_bytes,
-            sandbox_log_retention=config.settings().sandbox_log_retention,
+            build_concurrency=options.build_concurrency or environment.build_concurrency,
+            max_snapshots=options.max_snapshots or environment.max_snapshots,
+            metrics_token=options.metrics_token or environment.metrics_token,
+            metrics_retention=environment.metrics_retention_hours * 3600,
+            sandbox_log_max_bytes=environment.sandbox_log_max_bytes,
+            sandbox_log_retention=environment.sandbox_log_retention,
         )
         builds = TemplateBuilds(
             store,

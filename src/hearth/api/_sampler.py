@@ -15,13 +15,14 @@ import time
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
+from hearth.config import DEFAULT_METRICS_RETENTION_HOURS
 from hearth.node.interface import Node, SandboxUsage
 from hearth.store import SandboxMetric, Store
 
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of a sandbox
-RETENTION = 24 * 3600.0  # seconds a sample is kept
+RETENTION = DEFAULT_METRICS_RETENTION_HOURS * 3600  # seconds a sample is kept
 PRUNE_INTERVAL = 60.0  # seconds between two deletions of what is past the retention
 
 
